@@ -1,0 +1,1 @@
+"""Segmentation models: the 8 Cityscapes categories, model factory, checkpoints, backends, metrics."""

@@ -1,0 +1,89 @@
+"""The 8 output categories and the Cityscapes label tables that feed them.
+
+Category ids equal the Cityscapes ``categoryId`` of ``labels.py`` so a
+``gtFine_labelIds`` image maps to our classes with one table lookup.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Category(IntEnum):
+    VOID = 0
+    FLAT = 1
+    CONSTRUCTION = 2
+    OBJECT = 3
+    NATURE = 4
+    SKY = 5
+    HUMAN = 6
+    VEHICLE = 7
+
+
+NUM_CLASSES = len(Category)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name.lower() for c in Category)
+
+# One RGB colour per category: the colour of each category's most common
+# Cityscapes class, so overlays look familiar to anyone who has seen the dataset.
+PALETTE = np.array(
+    [
+        (0, 0, 0),  # void
+        (128, 64, 128),  # flat (road)
+        (70, 70, 70),  # construction (building)
+        (220, 220, 0),  # object (traffic sign; poles are too grey to see)
+        (107, 142, 35),  # nature (vegetation)
+        (70, 130, 180),  # sky
+        (220, 20, 60),  # human (person)
+        (0, 0, 142),  # vehicle (car)
+    ],
+    dtype=np.uint8,
+)
+PALETTE.setflags(write=False)
+
+# Cityscapes labelId (0..33) -> category, from cityscapesscripts/helpers/labels.py.
+_LABEL_ID_CATEGORY: dict[int, Category] = {
+    **{i: Category.VOID for i in range(0, 7)},  # unlabeled, ego vehicle, border, roi, static, dynamic, ground
+    **{i: Category.FLAT for i in (7, 8, 9, 10)},  # road, sidewalk, parking, rail track
+    **{i: Category.CONSTRUCTION for i in range(11, 17)},  # building .. tunnel
+    **{i: Category.OBJECT for i in (17, 18, 19, 20)},  # pole, polegroup, traffic light, traffic sign
+    **{i: Category.NATURE for i in (21, 22)},  # vegetation, terrain
+    23: Category.SKY,
+    **{i: Category.HUMAN for i in (24, 25)},  # person, rider
+    **{i: Category.VEHICLE for i in range(26, 34)},  # car .. bicycle
+}
+
+# Lookup table over all 256 uint8 values; ids Cityscapes does not define map to void.
+LABEL_ID_TO_CATEGORY = np.zeros(256, dtype=np.uint8)
+for _label_id, _category in _LABEL_ID_CATEGORY.items():
+    LABEL_ID_TO_CATEGORY[_label_id] = _category
+LABEL_ID_TO_CATEGORY.setflags(write=False)
+
+# Cityscapes trainId (0..18) -> category, for models trained on the 19 classes.
+TRAIN_ID_TO_CATEGORY = np.array(
+    [
+        Category.FLAT, Category.FLAT,  # road, sidewalk
+        Category.CONSTRUCTION, Category.CONSTRUCTION, Category.CONSTRUCTION,  # building, wall, fence
+        Category.OBJECT, Category.OBJECT, Category.OBJECT,  # pole, traffic light, traffic sign
+        Category.NATURE, Category.NATURE,  # vegetation, terrain
+        Category.SKY,
+        Category.HUMAN, Category.HUMAN,  # person, rider
+        *([Category.VEHICLE] * 6),  # car, truck, bus, train, motorcycle, bicycle
+    ],
+    dtype=np.uint8,
+)
+TRAIN_ID_TO_CATEGORY.setflags(write=False)
+
+
+def label_ids_to_categories(label_ids: np.ndarray) -> np.ndarray:
+    """Map a Cityscapes ``labelIds`` image (any int dtype) to category ids (uint8)."""
+    if label_ids.dtype != np.uint8:
+        # Negative ids (license plate, -1) and anything >255 are void by definition.
+        label_ids = np.where((label_ids < 0) | (label_ids > 255), 0, label_ids).astype(np.uint8)
+    return LABEL_ID_TO_CATEGORY[label_ids]
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """HxW category mask -> HxWx3 uint8 RGB using :data:`PALETTE`."""
+    return PALETTE[mask]

@@ -1,0 +1,1 @@
+"""Frames, sources, queues, batching, the pipeline runner, telemetry and the CLI."""

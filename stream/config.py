@@ -1,0 +1,42 @@
+"""Typed pipeline configuration, built once from the CLI (never re-read per frame)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream.batcher import BatchConfig
+
+DEFAULT_ZMQ_ADDRESS = "tcp://127.0.0.1:5555"
+DEFAULT_VIEWER = ("127.0.0.1", 8080)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    sources: tuple[str, ...]
+    model: str = "demo"
+    device: str = "auto"
+    precision: str = "auto"
+    input_size: tuple[int, int] | None = None  # (width, height); None: the model's native size
+    zmq_address: str | None = DEFAULT_ZMQ_ADDRESS  # None: do not publish
+    zmq_wait_subscriber_s: float = 0.0  # replay: wait this long for a subscriber before frame 0
+    mask_encoding: str = "u8-zlib"
+    viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
+    max_frames: int | None = None  # per source
+    realtime: bool = False  # replay at the recorded rate instead of as fast as possible
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    queue_depth: int = 0  # frames per source queue; 0: 2 x max_batch
+    result_depth: int = 16  # results waiting to be published
+    live_max_age_ms: float = 500.0  # a live frame older than this at publish is marked invalid
+    stats_interval_s: float = 5.0  # periodic one-line status log; 0 disables
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("at least one --source is required")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.queue_depth < 0 or self.result_depth < 1:
+            raise ValueError("queue_depth must be >= 0 and result_depth >= 1")
+
+    @property
+    def source_queue_depth(self) -> int:
+        return self.queue_depth or 2 * self.batch.max_batch

@@ -1,0 +1,102 @@
+"""The per-frame work after inference: IoU, mask encoding, message header."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from decision_bridge.schema import Encoding, IoUReport, MaskHeader, StageTimings, encode_mask
+from models.backends.base import BackendTimings
+from models.metrics import confusion_matrix, per_class_iou
+from stream.frame import Frame
+
+NS_PER_MS = 1e6
+INVALID_NONFINITE = "nonfinite_logits"
+INVALID_STALE = "stale_frame"
+
+
+@dataclass(frozen=True, slots=True)
+class Inferred:
+    """One frame's mask as it leaves the inference stage."""
+
+    frame: Frame
+    mask: np.ndarray
+    finite: bool
+    batch_size: int
+    batch_start_ns: int  # when its batch left the queues
+    done_ns: int  # when the mask was on the host
+    timings: BackendTimings
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """What the post-processing thread hands back to the loop for publishing."""
+
+    item: Inferred
+    payload: bytes
+    confusion: np.ndarray | None
+
+
+def encode_result(item: Inferred, encoding: Encoding) -> Encoded:
+    """Blocking (runs on the post-processing thread): IoU counts and mask payload."""
+    truth = item.frame.truth
+    confusion = confusion_matrix(truth, item.mask) if truth is not None else None
+    return Encoded(item, encode_mask(item.mask, encoding), confusion)
+
+
+def iou_report(confusion: np.ndarray | None) -> IoUReport | None:
+    if confusion is None:
+        return None
+    ious = per_class_iou(confusion)
+    per_class = tuple(None if np.isnan(v) else float(v) for v in ious)
+    present = [v for v in per_class if v is not None]
+    return IoUReport(per_class, float(np.mean(present)) if present else None)
+
+
+def validity(item: Inferred, now_ns: int, live: bool, max_age_ms: float) -> str | None:
+    """Why a planner must not use this mask, or None when it may."""
+    if not item.finite:
+        return INVALID_NONFINITE
+    if live and (now_ns - item.frame.capture_ns) / NS_PER_MS > max_age_ms:
+        return INVALID_STALE
+    return None
+
+
+def make_header(
+    encoded: Encoded,
+    *,
+    encoding: Encoding,
+    model_id: str,
+    publish_ns: int,
+    publish_wall_ns: int,
+    invalid_reason: str | None,
+    dropped_before: int,
+) -> MaskHeader:
+    item = encoded.item
+    frame = item.frame
+    timings = StageTimings(
+        queue_ms=(item.batch_start_ns - frame.capture_ns) / NS_PER_MS,
+        preprocess_ms=item.timings.preprocess_ms,
+        inference_ms=item.timings.inference_ms,
+        postprocess_ms=item.timings.postprocess_ms,
+    )
+    return MaskHeader(
+        stream_id=frame.source_id,
+        seq=frame.seq,
+        frame_name=frame.name,
+        capture_mono_ns=frame.capture_ns,
+        capture_wall_ns=frame.capture_wall_ns,
+        publish_mono_ns=publish_ns,
+        publish_wall_ns=publish_wall_ns,
+        height=frame.height,
+        width=frame.width,
+        encoding=encoding,
+        model_id=model_id,
+        timings=timings,
+        batch_size=item.batch_size,
+        valid=invalid_reason is None,
+        invalid_reason=invalid_reason,
+        dropped_before=dropped_before,
+        iou=iou_report(encoded.confusion),
+    )
