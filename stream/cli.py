@@ -129,15 +129,6 @@ async def _run(config: PipelineConfig, summary_json: str | None) -> int:
     return EXIT_RUNTIME_ERROR if summary["errors"] else EXIT_OK
 
 
-def _announce(config: PipelineConfig) -> None:
-    if config.viewer:
-        host, port = config.viewer
-        print(f"viewer: http://{host}:{port}/", flush=True)
-    if config.zmq_address:
-        print(f"masks:  {config.zmq_address} (python -m decision_bridge.subscriber {config.zmq_address})",
-              flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -150,7 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = config_from_args(args)
-        _announce(config)
         return asyncio.run(_run(config, args.summary_json))
     except (SourceError, CheckpointError, PublisherError, ViewerError, SchemaError, ValueError) as exc:
         print(f"roadseg: error: {exc}", file=sys.stderr)

@@ -88,11 +88,14 @@ class Pipeline:
         if self.config.zmq_address:
             self._publisher = MaskPublisher(self.config.zmq_address)
             self.zmq_address = self._publisher.bind()
+            log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)",
+                     self.zmq_address, self.zmq_address)
         if self.config.viewer:
             self._hub = ViewerHub()
             self._hub.start()
             self._viewer = ViewerServer(self._hub, *self.config.viewer)
             self.viewer_port = await self._viewer.start()
+            log.info("viewer: http://%s:%d/", self.config.viewer[0], self.viewer_port)
         if self._publisher and self.config.zmq_wait_subscriber_s > 0:
             joined = await self._publisher.wait_for_subscriber(self.config.zmq_wait_subscriber_s)
             log.info("subscriber %s", "joined" if joined else "did not join in time; publishing anyway")
@@ -225,7 +228,7 @@ class Pipeline:
         )
 
     def _viewer_info(self, header: Any) -> dict[str, Any]:
-        info: dict[str, Any] = {"latency_ms": round(header.latency_ms, 1), "valid": header.valid,
+        info: dict[str, Any] = {"seq": header.seq, "latency_ms": round(header.latency_ms, 1), "valid": header.valid,
                                 "fps": round(self.telemetry.fps(), 1), "model": header.model_id}
         if header.iou is not None and header.iou.mean is not None:
             info["miou"] = round(header.iou.mean, 3)

@@ -1,0 +1,46 @@
+"""Publish every segmentation mask to the vehicle's decision system (planner) over ZeroMQ.
+
+``schema`` is the one wire-format module shared by both sides (see ``SCHEMA.md``),
+``publisher`` the non-blocking XPUB side used by the pipeline, ``subscriber`` the
+reference subscriber with per-stream health (alive / rate / valid).
+"""
+
+from decision_bridge.publisher import MaskPublisher, PublisherError
+from decision_bridge.schema import (
+    DEFAULT_ADDRESS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    Encoding,
+    IoUReport,
+    MaskHeader,
+    MaskMessage,
+    SchemaError,
+    StageTimings,
+    decode,
+    encode,
+    encode_mask,
+    encode_message,
+    topic_for,
+)
+from decision_bridge.subscriber import MaskSubscriber, StreamStatus
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "Encoding",
+    "IoUReport",
+    "MaskHeader",
+    "MaskMessage",
+    "MaskPublisher",
+    "MaskSubscriber",
+    "PublisherError",
+    "SchemaError",
+    "StageTimings",
+    "StreamStatus",
+    "decode",
+    "encode",
+    "encode_mask",
+    "encode_message",
+    "topic_for",
+]

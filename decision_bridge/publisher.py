@@ -1,0 +1,206 @@
+"""Publish encoded mask messages on a ZeroMQ XPUB socket without ever blocking the event loop.
+
+XPUB rather than PUB because XPUB hands subscription messages up to us: the publisher can
+SEE when a subscriber has joined, which is how a replay run avoids the "slow joiner" problem
+(sending frame 0 before the subscriber's subscription arrived, so it is silently lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Self
+
+import zmq
+
+from decision_bridge.schema import DEFAULT_ADDRESS, topic_for
+
+log = logging.getLogger(__name__)
+
+# How often wait_for_subscriber re-checks the socket; only used at start-up, so a few ms of
+# extra join latency is irrelevant and polling avoids fd/edge-trigger subtleties of zmq.
+SUBSCRIBER_POLL_S = 0.005
+# Bound the work one send() may spend discarding subscription messages, so a burst of
+# (un)subscriptions can never stall the publish path; the rest are read on the next call.
+MAX_SUBSCRIPTIONS_PER_DRAIN = 64
+_SUBSCRIBE = 1  # XPUB subscription message: first byte 1 = subscribe, 0 = unsubscribe
+_UNSUBSCRIBE = 0
+
+
+class PublisherError(RuntimeError):
+    """The publisher cannot do what was asked (bind failed, not bound, socket closed)."""
+
+
+class MaskPublisher:
+    """Non-blocking XPUB publisher of ``roadseg.mask`` multipart messages.
+
+    ``nodrop=False`` (default): a subscriber whose queue (``send_hwm`` messages) is full
+    silently loses messages, and only that subscriber: a stalled debug tool can never starve
+    the planner. It sees the loss as seq gaps. ``nodrop=True`` (XPUB_NODROP): a full queue
+    makes :meth:`send` return False and count ``dropped_hwm`` instead, but then ONE slow
+    subscriber makes the message drop for ALL of them; use it for replay/eval with a single,
+    trusted subscriber. Memory bound per subscriber: ``send_hwm`` x message size.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        send_hwm: int = 1000,
+        nodrop: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.address = address
+        self.send_hwm = send_hwm
+        self.nodrop = nodrop
+        self.sent = 0
+        self.dropped_hwm = 0
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._bound_address: str | None = None
+        self._closed = False
+        # Topic prefix -> subscribers holding it. XPUB_VERBOSER makes the XPUB report EVERY
+        # subscribe and every unsubscribe (including the implicit ones when a subscriber
+        # disconnects), not just the first/last per prefix, so these counts stay exact.
+        self._subscriptions: Counter[bytes] = Counter()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def bind(self) -> str:
+        """Bind the XPUB socket; returns the real endpoint (see :attr:`bound_address`)."""
+        if self._closed:
+            raise PublisherError(f"publisher for {self.address} is closed")
+        if self._socket is not None:
+            raise PublisherError(f"publisher already bound to {self._bound_address}")
+        sock = self._context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)  # never hang shutdown on a dead subscriber
+        sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+        sock.setsockopt(zmq.XPUB_NODROP, int(self.nodrop))
+        sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+        try:
+            sock.bind(self.address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise PublisherError(f"cannot bind mask publisher to {self.address!r}: {_explain(exc)}") from exc
+        self._socket = sock
+        self._bound_address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("mask publisher bound to %s", self._bound_address)
+        return self._bound_address
+
+    @property
+    def bound_address(self) -> str:
+        """The endpoint actually bound, with a wildcard port (``:0``/``:*``) resolved."""
+        if self._bound_address is None:
+            raise PublisherError(f"publisher for {self.address} is not bound")
+        return self._bound_address
+
+    def close(self) -> None:
+        """Close the socket (linger 0: unsent messages are dropped). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Self:
+        if self._socket is None:
+            self.bind()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ subscribers
+
+    @property
+    def subscriptions(self) -> dict[bytes, int]:
+        """Subscribed topic prefix -> number of subscribers holding it."""
+        self._drain_subscriptions(limit=None)
+        return dict(self._subscriptions)
+
+    def subscriber_count(self, stream_id: str | None = None) -> int:
+        """Subscriptions that receive ``stream_id``'s topic (any topic when None).
+
+        Equals the number of subscribers as long as each subscribes to one prefix, as
+        :class:`~decision_bridge.subscriber.MaskSubscriber` does per stream.
+        """
+        self._drain_subscriptions(limit=None)
+        if stream_id is None:
+            return sum(self._subscriptions.values())
+        topic = topic_for(stream_id)
+        return sum(n for prefix, n in self._subscriptions.items() if topic.startswith(prefix))
+
+    def has_subscriber(self, stream_id: str | None = None) -> bool:
+        return self.subscriber_count(stream_id) > 0
+
+    async def wait_for_subscriber(
+        self, timeout_s: float, stream_id: str | None = None, *, count: int = 1
+    ) -> bool:
+        """Wait until ``count`` subscribers (to ``stream_id``, if given) have joined; False on timeout.
+
+        Once this returns True their subscriptions are installed in the XPUB, so the next
+        :meth:`send` reaches them. Awaits in small sleeps: never blocks the event loop.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.subscriber_count(stream_id) < count:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(SUBSCRIBER_POLL_S)
+        return True
+
+    def _drain_subscriptions(self, limit: int | None = MAX_SUBSCRIPTIONS_PER_DRAIN) -> None:
+        sock = self._require_socket()
+        reads = 0
+        while limit is None or reads < limit:
+            reads += 1
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg:
+                continue
+            kind, prefix = msg[0], msg[1:]
+            if kind == _SUBSCRIBE:
+                self._subscriptions[prefix] += 1
+            elif kind == _UNSUBSCRIBE and self._subscriptions[prefix] > 0:
+                self._subscriptions[prefix] -= 1
+                if not self._subscriptions[prefix]:
+                    del self._subscriptions[prefix]
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, parts: list[bytes]) -> bool:
+        """Queue one multipart message without blocking; False if it was dropped (HWM)."""
+        sock = self._require_socket()
+        self._drain_subscriptions()
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # Only reachable with nodrop=True. libzmq checks the HWM on the first frame and
+            # counts only complete messages, so a refused message was not partially sent.
+            self.dropped_hwm += 1
+            return False
+        except zmq.ZMQError as exc:
+            raise PublisherError(f"send on {self._bound_address} failed: {_explain(exc)}") from exc
+        self.sent += 1
+        return True
+
+    def _require_socket(self) -> zmq.Socket:
+        if self._socket is None:
+            state = "closed" if self._closed else "not bound (call bind() first)"
+            raise PublisherError(f"publisher for {self.address} is {state}")
+        return self._socket
+
+
+def _explain(exc: zmq.ZMQError) -> str:
+    if exc.errno == zmq.EADDRINUSE:
+        return "address already in use (another roadseg or publisher running?)"
+    if exc.errno == zmq.EINVAL:
+        return f"invalid address ({exc.strerror}); expected e.g. tcp://127.0.0.1:5555 or ipc:///tmp/x"
+    return exc.strerror or str(exc)

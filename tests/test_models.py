@@ -1,0 +1,162 @@
+"""Model factory, checkpoints, torch backend, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models.backends import TorchBackend, resolve_precision
+from models.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card, save_checkpoint
+from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, Category, label_ids_to_categories
+from models.factory import ModelConfigError, build_model, build_smp
+from models.metrics import category_iou, confusion_matrix, mean_iou, per_class_iou
+from models.registry import load_model
+
+TINY = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+
+
+def tiny_card(**overrides) -> ModelCard:
+    fields = dict(model_id="tiny", family="smp", arguments=TINY, input=InputSpec(size=(64, 32)))
+    fields.update(overrides)
+    return ModelCard(**fields)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("smp", TINY).eval()
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, model, tiny_card())
+    return path, model
+
+
+def test_label_table_matches_cityscapes():
+    assert LABEL_ID_TO_CATEGORY[7] == Category.FLAT  # road
+    assert LABEL_ID_TO_CATEGORY[1] == Category.VOID  # ego vehicle
+    assert LABEL_ID_TO_CATEGORY[17] == Category.OBJECT  # pole
+    assert LABEL_ID_TO_CATEGORY[24] == Category.HUMAN
+    assert LABEL_ID_TO_CATEGORY[33] == Category.VEHICLE  # bicycle
+    assert LABEL_ID_TO_CATEGORY[200] == Category.VOID
+    ids = np.array([[-1, 23], [26, 300]], np.int32)
+    assert label_ids_to_categories(ids).tolist() == [[0, Category.SKY], [Category.VEHICLE, 0]]
+
+
+def test_factory_errors_list_valid_choices():
+    with pytest.raises(ModelConfigError, match="valid: unet"):
+        build_smp("unetx", "resnet18")
+    with pytest.raises(ModelConfigError, match="resnet18"):
+        build_smp("unet", "resnet-nope")
+    with pytest.raises(ModelConfigError, match="valid: smp"):
+        build_model("nope", {})
+
+
+def test_checkpoint_round_trip(tiny_checkpoint):
+    path, model = tiny_checkpoint
+    loaded, card = load_checkpoint(path)
+    assert card == tiny_card()
+    assert read_card(path).model_id == "tiny"
+    x = torch.randn(1, 3, 32, 64)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_truncated_checkpoint_is_rejected(tiny_checkpoint, tmp_path):
+    path, _ = tiny_checkpoint
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors.*truncated or corrupt"):
+        load_checkpoint(cut)
+
+
+def test_foreign_safetensors_is_rejected(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="without roadseg metadata"):
+        load_checkpoint(foreign)
+
+
+def test_pickle_file_is_rejected_without_unpickling(tmp_path):
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n" * 10)  # a pickle, never executed
+    with pytest.raises(CheckpointError, match="evil"):
+        load_checkpoint(evil)
+
+
+def test_mismatched_weights_are_rejected(tmp_path):
+    model = build_model("smp", TINY)
+    other = dict(TINY, decoder_channels=[32, 8, 8])
+    path = tmp_path / "mismatch.safetensors"
+    save_checkpoint(path, model, tiny_card(arguments=other))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(path)
+
+
+def test_wrong_class_table_is_rejected(tmp_path):
+    path = tmp_path / "nineteen.safetensors"
+    save_checkpoint(path, build_model("smp", TINY), tiny_card(classes=tuple(f"c{i}" for i in range(19))))
+    with pytest.raises(CheckpointError, match="19 classes"):
+        load_checkpoint(path)
+
+
+def test_malformed_card_is_rejected(tmp_path):
+    path = tmp_path / "card.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"roadseg": json.dumps({"format": "roadseg.checkpoint",
+                                                                                  "format_version": 1})})
+    with pytest.raises(CheckpointError, match="malformed model card"):
+        load_checkpoint(path)
+
+
+def test_registry_unknown_model_lists_names():
+    with pytest.raises(CheckpointError, match="demo"):
+        load_model("no-such-model")
+
+
+def test_backend_returns_uint8_masks_at_each_frame_size(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    model, card = load_checkpoint(path)
+    backend = TorchBackend(model, card, device="cpu", precision="fp32")
+    images = [np.zeros((48, 80, 3), np.uint8), np.full((32, 64, 3), 200, np.uint8), np.zeros((48, 80, 3), np.uint8)]
+    out = backend.infer(images)
+    assert [m.shape for m in out.masks] == [(48, 80), (32, 64), (48, 80)]
+    assert all(m.dtype == np.uint8 and int(m.max()) < len(CLASS_NAMES) for m in out.masks)
+    assert out.valid == [True, True, True]
+    assert np.array_equal(out.masks[0], out.masks[2]), "same input, same mask, regardless of batch position"
+    assert out.timings.inference_ms > 0
+
+
+def test_backend_mask_equals_model_argmax(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    model, card = load_checkpoint(path)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    mask = TorchBackend(model, card, device="cpu", precision="fp32").infer([image]).masks[0]
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - torch.tensor(card.input.mean).view(1, 3, 1, 1))
+    x = x / torch.tensor(card.input.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = model(x).argmax(1)[0].numpy()
+    assert np.array_equal(mask, expected)
+
+
+def test_precision_resolution():
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="valid"):
+        resolve_precision("int4", "cpu")
+
+
+def test_iou_definitions():
+    truth = np.array([[0, 1, 1, 2]], np.uint8)
+    pred = np.array([[1, 1, 2, 2]], np.uint8)
+    cm = confusion_matrix(truth, pred)
+    ious = per_class_iou(cm)
+    assert ious[0] == 0.0 and ious[1] == pytest.approx(1 / 3) and ious[2] == pytest.approx(1 / 2)
+    assert np.isnan(ious[3])
+    assert mean_iou(cm) == pytest.approx((0 + 1 / 3 + 1 / 2) / 3)
+    # Void truth pixels ignored: class 1 then has tp=1, fn=1 (pred 2), fp=0.
+    assert category_iou(cm) == pytest.approx((1 / 2 + 1 / 2) / 2)

@@ -1,0 +1,161 @@
+"""End to end: real sources, real model, real ZeroMQ subscriber, real aiohttp viewer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import threading
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from models.classes import CLASS_NAMES
+from stream.batcher import BatchConfig
+from stream.config import PipelineConfig
+from stream.sources.files import ImageListSource
+from tests.pipeline_helpers import LOOPBACK_ANY, receive, running, subscribe, wait_for
+
+# Cityscapes labelId ranges per category, written out independently of models.classes.
+CATEGORY_OF_LABEL = {7: 1, 8: 1, 9: 1, 10: 1, 11: 2, 12: 2, 13: 2, 14: 2, 15: 2, 16: 2, 17: 3, 18: 3, 19: 3,
+                     20: 3, 21: 4, 22: 4, 23: 5, 24: 6, 25: 6, **{i: 7 for i in range(26, 34)}}
+
+
+def independent_truth(label_path) -> np.ndarray:
+    ids = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    truth = np.zeros(ids.shape, np.uint8)
+    for label, category in CATEGORY_OF_LABEL.items():
+        truth[ids == label] = category
+    return truth
+
+
+def independent_mean_iou(truths, preds) -> tuple[float, list[float | None]]:
+    per_class = []
+    for c in range(len(CLASS_NAMES)):
+        inter = sum(int(np.logical_and(t == c, p == c).sum()) for t, p in zip(truths, preds))
+        union = sum(int(np.logical_or(t == c, p == c).sum()) for t, p in zip(truths, preds))
+        per_class.append(inter / union if union else None)
+    present = [v for v in per_class if v is not None]
+    return sum(present) / len(present), per_class
+
+
+def config(**overrides) -> PipelineConfig:
+    fields = dict(model="demo", precision="fp32", zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=30.0,
+                  viewer=None, stats_interval_s=0, batch=BatchConfig(max_batch=4, max_wait_ms=2))
+    fields.update(overrides)
+    return PipelineConfig(**fields)
+
+
+async def test_cityscapes_replay_every_frame_in_order_with_matching_iou(cityscapes_root):
+    cfg = config(sources=(f"val=cityscapes:{cityscapes_root}:val",))
+    async with running(cfg) as (pipeline, task):
+        sub = await subscribe(pipeline, task)
+        try:
+            messages = await receive(sub, 10)
+            summary = await asyncio.wait_for(task, 60)
+            assert sub.recv(timeout_s=0.2) is None, "no message beyond the 10 frames"
+        finally:
+            sub.close()
+    assert [m.header.seq for m in messages] == list(range(10))
+    assert all(m.header.stream_id == "val" for m in messages)
+    truths, preds = [], []
+    for m in messages:
+        assert m.mask.shape == (1024, 2048) and m.mask.dtype == np.uint8
+        assert set(np.unique(m.mask)) <= set(range(len(CLASS_NAMES)))
+        assert m.header.classes == CLASS_NAMES and m.header.valid
+        assert m.header.capture_mono_ns < m.header.publish_mono_ns
+        name = m.header.frame_name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+        truths.append(independent_truth(cityscapes_root / "gtFine" / "val" / "frankfurt" / name))
+        preds.append(m.mask)
+        frame_miou, _ = independent_mean_iou(truths[-1:], preds[-1:])
+        assert m.header.iou is not None and m.header.iou.mean == pytest.approx(frame_miou, abs=1e-9)
+    expected_mean, expected_per_class = independent_mean_iou(truths, preds)
+    assert summary["frames"] == 10 and summary["dropped_total"] == 0 and not summary["errors"]
+    assert summary["iou"]["mean_iou"] == pytest.approx(expected_mean, abs=1e-9)
+    for name, value in zip(CLASS_NAMES, expected_per_class):
+        got = summary["iou"]["per_class"][name]
+        assert (got is None and value is None) or got == pytest.approx(value, abs=1e-9)
+
+
+async def test_viewer_websocket_delivers_jpeg_frames_while_running():
+    cfg = config(sources=("synthetic:frames=2000,fps=30",), realtime=True, zmq_address=None,
+                 zmq_wait_subscriber_s=0, viewer=("127.0.0.1", 0))
+    async with running(cfg) as (pipeline, task):
+        await wait_for(lambda: pipeline.viewer_port is not None or task.done(), what="viewer start")
+        url = f"http://127.0.0.1:{pipeline.viewer_port}/ws"
+        jpegs = []
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            while len(jpegs) < 3:
+                msg = await asyncio.wait_for(ws.receive(), 30)
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    (length,) = struct.unpack(">I", msg.data[:4])
+                    meta = json.loads(msg.data[4 : 4 + length])
+                    image = cv2.imdecode(np.frombuffer(msg.data[4 + length :], np.uint8), cv2.IMREAD_COLOR)
+                    jpegs.append((meta, image))
+        assert not task.done(), "the pipeline was still running while frames arrived"
+    seqs = [meta["seq"] for meta, _ in jpegs]
+    assert seqs == sorted(seqs) and all(meta["stream"] == "cam0" for meta, _ in jpegs)
+    assert all(image is not None and image.shape[1] == 512 for _, image in jpegs)
+
+
+def _socket_fds() -> int:
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")
+               and os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"))
+
+
+async def test_shutdown_leaves_no_thread_task_or_socket():
+    threads_before = set(threading.enumerate())
+    sockets_before = _socket_fds()
+    cfg = config(sources=("synthetic:frames=12", "b=synthetic:seed=2,frames=12"), zmq_wait_subscriber_s=0,
+                 viewer=("127.0.0.1", 0))
+    async with running(cfg) as (pipeline, task):
+        summary = await asyncio.wait_for(task, 60)
+    assert summary["frames"] == 24
+    await asyncio.sleep(0.05)
+    leftover_threads = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    assert not leftover_threads
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    assert _socket_fds() <= sockets_before
+
+
+async def test_stop_finishes_queued_frames_and_returns():
+    cfg = config(sources=("synthetic:",), zmq_wait_subscriber_s=0)  # endless
+    async with running(cfg) as (pipeline, task):
+        await wait_for(lambda: pipeline.telemetry.frames >= 5, what="5 frames")
+        pipeline.stop()
+        summary = await asyncio.wait_for(task, 30)
+    assert summary["frames"] >= 5 and not summary["errors"]
+
+
+async def test_corrupt_image_is_counted_and_other_stream_carries_on(tmp_path):
+    for name, value in (("a.png", 40), ("c.png", 90)):
+        cv2.imwrite(str(tmp_path / name), np.full((64, 128, 3), value, np.uint8))
+    (tmp_path / "b.png").write_bytes(b"corrupt")
+    cfg = config(sources=(f"folder={tmp_path}", "syn=synthetic:frames=6"), zmq_wait_subscriber_s=0)
+    async with running(cfg) as (_, task):
+        summary = await asyncio.wait_for(task, 60)
+    assert summary["frames_per_stream"] == {"folder": 2, "syn": 6}
+    assert summary["dropped"] == {"folder:decode_error": 1}
+    assert not summary["errors"]
+
+
+async def test_stream_failing_midway_is_reported_and_others_finish(tmp_path, monkeypatch):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 128, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((64, 128, 3), np.uint8))
+    original = ImageListSource._read
+
+    def flaky(self):
+        if self.source_id == "bad" and self._index == 1:
+            raise OSError("disk went away")
+        return original(self)
+
+    monkeypatch.setattr(ImageListSource, "_read", flaky)
+    cfg = config(sources=(f"bad={tmp_path}", "good=synthetic:frames=5"), zmq_wait_subscriber_s=0)
+    async with running(cfg) as (_, task):
+        summary = await asyncio.wait_for(task, 60)
+    assert summary["frames_per_stream"] == {"bad": 1, "good": 5}
+    assert len(summary["errors"]) == 1 and "bad" in summary["errors"][0] and "disk went away" in summary["errors"][0]

@@ -1,0 +1,140 @@
+"""Sources: every input kind, and a clear error naming each kind of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.classes import Category
+from stream.sources import EndOfStream, SourceError, SourceOptions, open_source, split_source_name
+from tests.conftest import require_shared
+
+
+async def drain(source, limit: int = 1000):
+    frames = []
+    try:
+        while len(frames) < limit:
+            frames.append(await source.recv())
+    except EndOfStream:
+        pass
+    finally:
+        await source.close()
+    return frames
+
+
+def write_png(path: Path, value: int, size=(32, 16)) -> None:
+    image = np.full((size[1], size[0], 3), value, np.uint8)
+    assert cv2.imwrite(str(path), image)
+
+
+async def test_cityscapes_replay_joins_truth_as_categories(cityscapes_root):
+    source = await open_source("cs", f"cityscapes:{cityscapes_root}:val")
+    frames = await drain(source)
+    assert len(frames) == 10
+    assert [f.seq for f in frames] == list(range(10))
+    first = frames[0]
+    assert first.image.shape == (1024, 2048, 3) and first.image.dtype == np.uint8
+    assert first.truth is not None and first.truth.shape == (1024, 2048)
+    assert int(first.truth.max()) < len(Category)
+    # Cityscapes frames always show road and the ego bonnet (void) at the bottom centre.
+    assert (first.truth == Category.FLAT).mean() > 0.2
+    assert first.truth[-1, 1024] == Category.VOID
+    assert frames[0].name.endswith("_leftImg8bit.png")
+
+
+async def test_cityscapes_city_filter_and_bad_split(cityscapes_root):
+    frames = await drain(await open_source("cs", f"cityscapes:{cityscapes_root}:train:aachen"))
+    assert len(frames) == 5
+    with pytest.raises(SourceError, match="nosuchsplit"):
+        await open_source("cs", f"cityscapes:{cityscapes_root}:nosuchsplit")
+
+
+async def test_video_file_reads_every_frame_in_rgb():
+    video = require_shared("videos/highway_vehicles.mp4")
+    source = await open_source("v", str(video))
+    frames = await drain(source)
+    assert len(frames) == 38
+    assert frames[0].image.shape == (720, 1280, 3)
+    assert source.nominal_fps == pytest.approx(25, abs=0.5)
+    assert not source.drops
+
+
+async def test_max_frames_limits_a_source():
+    video = require_shared("videos/highway_solid_white_right.mp4")
+    frames = await drain(await open_source("v", str(video), SourceOptions(max_frames=5)))
+    assert len(frames) == 5
+
+
+async def test_realtime_pacing_follows_recorded_rate():
+    video = require_shared("videos/highway_vehicles.mp4")
+    source = await open_source("v", str(video), SourceOptions(realtime=True, max_frames=6))
+    frames = await drain(source)
+    span_s = (frames[-1].capture_ns - frames[0].capture_ns) / 1e9
+    assert span_s == pytest.approx(5 / 25, abs=0.08)  # 6 frames at 25 fps span 5 intervals
+
+
+async def test_image_folder_skips_and_counts_a_corrupt_image(tmp_path, caplog):
+    write_png(tmp_path / "a.png", 10)
+    (tmp_path / "b.png").write_bytes(b"this is not a png")
+    write_png(tmp_path / "c.png", 30)
+    source = await open_source("f", str(tmp_path))
+    frames = await drain(source)
+    assert [f.name for f in frames] == ["a.png", "c.png"]
+    assert source.drops == {"decode_error": 1}
+    assert "b.png" in caplog.text
+
+
+async def test_glob_source(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write_png(tmp_path / "sub" / "x.png", 1)
+    write_png(tmp_path / "y.jpg", 2)
+    frames = await drain(await open_source("g", str(tmp_path / "**" / "*.png")))
+    assert [f.name for f in frames] == ["x.png"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("/no/such/video.mp4", "/no/such/video.mp4"),
+        ("/no/such/folder/", "/no/such/folder"),
+        ("ftp://camera/stream", "unknown scheme 'ftp'"),
+        ("rtsp://127.0.0.1:8554/cam", "not supported yet"),
+        ("cityscapes:/no/such/root", "/no/such/root"),
+        ("synthetic:seed=abc", "seed"),
+    ],
+)
+async def test_bad_specs_name_the_input(spec, needle):
+    with pytest.raises(SourceError) as info:
+        await open_source("x", spec)
+    assert needle in str(info.value)
+
+
+async def test_unreadable_video_is_named(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 4096)
+    with pytest.raises(SourceError, match=r"broken\.mp4"):
+        await open_source("x", str(bad))
+
+
+async def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(SourceError, match="no images"):
+        await open_source("x", str(tmp_path))
+
+
+def test_named_sources():
+    assert split_source_name("front=/data/a.mp4", "cam0") == ("front", "/data/a.mp4")
+    assert split_source_name("synthetic:seed=3", "cam1") == ("cam1", "synthetic:seed=3")
+
+
+async def test_close_is_idempotent_and_stops_the_thread(no_leaked_threads, cityscapes_mini):
+    source = await open_source("m", f"cityscapes:{cityscapes_mini}")
+    await source.recv()
+    await source.close()
+    await source.close()
+    with pytest.raises(EndOfStream):
+        await source.recv()
+    await asyncio.sleep(0)

@@ -1,0 +1,453 @@
+"""Tests for web_viewer: real aiohttp server on a random loopback port, real clients, real Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from models.classes import CLASS_NAMES, PALETTE, Category
+from web_viewer import BindError, ViewerError, ViewerHub, ViewerServer, parse_bind, unpack_frame
+from web_viewer.hub import TASK_PREFIX
+from web_viewer.render import MAX_HEADER_BYTES, render_packet
+
+pytestmark = pytest.mark.timeout(60)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+H, W = 480, 640
+# Vehicle colour (0, 0, 142) blended at alpha 0.5 over black.
+VEHICLE_ON_BLACK_RGB = (0, 0, 71)
+COLOUR_TOLERANCE = 12
+# [width, height, r, g, b, a] of the stream canvas' centre pixel.
+CANVAS_CENTRE_PIXEL_JS = """() => {
+  const c = document.querySelector('.panel canvas');
+  return [c.width, c.height, ...c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data];
+}"""
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A real thread pool that records how many jobs ran, how long, and on which threads."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.submitted = 0
+        self.durations: list[float] = []
+        self.threads: set[int] = set()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.submitted += 1
+
+        def timed() -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.durations.append(time.perf_counter() - start)
+                self.threads.add(threading.get_ident())
+
+        return super().submit(timed)
+
+
+def black_vehicle_frame() -> tuple[np.ndarray, np.ndarray]:
+    image = np.zeros((H, W, 3), dtype=np.uint8)
+    return image, np.full((H, W), Category.VEHICLE, dtype=np.uint8)
+
+
+def noisy_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # Noise does not compress: ~100s of KB per JPEG, so a client that does not
+    # read fills its socket buffers within a few frames.
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    return image, rng.integers(0, 8, (H, W), dtype=np.uint8)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def receive_hello(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    hello: dict[str, Any] = msg.json()
+    assert hello["type"] == "hello"
+    return hello
+
+
+async def receive_frame(ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], np.ndarray]:
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+    header, jpeg = unpack_frame(msg.data)
+    image = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "JPEG did not decode"
+    return header, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def encoded_count_is(hub: ViewerHub, count: int) -> Callable[[], bool]:
+    return lambda: hub.stats["frames_encoded"] == count
+
+
+def client_stats(hub: ViewerHub, index: int) -> dict[str, int]:
+    stats: dict[str, int] = hub.stats["per_client"][index]
+    return stats
+
+
+def assert_colour(rgb: Any, expected: tuple[int, int, int]) -> None:
+    assert all(abs(int(a) - b) <= COLOUR_TOLERANCE for a, b in zip(rgb, expected, strict=True)), (
+        tuple(rgb),
+        expected,
+    )
+
+
+@pytest_asyncio.fixture
+async def viewer() -> AsyncIterator[tuple[ViewerHub, CountingExecutor, str]]:
+    executor = CountingExecutor()
+    hub = ViewerHub(executor=executor)
+    server = ViewerServer(hub, "127.0.0.1", 0)
+    port = await server.start()
+    yield hub, executor, f"http://127.0.0.1:{port}"
+    await server.close()
+    await hub.close()
+    executor.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- protocol
+
+
+@pytest.mark.asyncio
+async def test_hello_then_frames_in_wire_format(viewer: tuple[ViewerHub, CountingExecutor, str]) -> None:
+    hub, executor, url = viewer
+    hub.offer("cam0", *black_vehicle_frame(), {"seq": 1})  # before any client: cached for it
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+        hello = await receive_hello(ws)
+        assert [c["name"] for c in hello["classes"]] == list(CLASS_NAMES) and len(hello["classes"]) == 8
+        assert [c["color"] for c in hello["classes"]] == PALETTE.tolist()
+        assert hello["streams"] == ["cam0"]
+        header, _ = await receive_frame(ws)
+        assert header["seq"] == 1
+        info = {"seq": 7, "latency_ms": 12.5, "fps": np.float32(29.5), "miou": float("nan"), "width": 1}
+        hub.offer("cam0", *black_vehicle_frame(), info)
+        header, rgb = await receive_frame(ws)
+    assert header == {"stream": "cam0", "seq": 7, "width": W, "height": H, "latency_ms": 12.5,
+                      "fps": 29.5, "miou": None}  # fmt: skip
+    assert rgb.shape == (H, W, 3)
+    assert_colour(rgb.reshape(-1, 3).mean(axis=0), VEHICLE_ON_BLACK_RGB)  # blue-ish: RGB order kept
+    assert executor.threads and threading.get_ident() not in executor.threads  # encoded off the loop
+
+
+def test_render_downscales_and_tolerates_mask_resolution_and_bad_ids() -> None:
+    image = np.zeros((1080, 1920, 3), dtype=np.uint8)
+    mask = np.full((270, 480), 255, dtype=np.uint8)  # model-resolution mask, "ignore" id
+    mask[:, :240] = Category.SKY
+    packet = render_packet(
+        "c", 3, image, mask, {"x": [1, np.int64(2)]}, alpha=1.0, max_width=960, jpeg_quality=90
+    )
+    header, jpeg = unpack_frame(packet)
+    assert header == {"stream": "c", "seq": 3, "width": 960, "height": 540, "x": [1, 2]}
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    assert_colour(rgb[270, 100], tuple(PALETTE[Category.SKY]))
+    assert_colour(rgb[270, 800], (0, 0, 0))  # id 255 renders as void
+
+
+def test_render_caps_oversized_header() -> None:
+    image, mask = black_vehicle_frame()
+    info = {"blob": "x" * (2 * MAX_HEADER_BYTES), "seq": 5}
+    header, _ = unpack_frame(
+        render_packet("c", 1, image, mask, info, alpha=0.5, max_width=960, jpeg_quality=80)
+    )
+    assert header == {"stream": "c", "seq": 5, "width": W, "height": H, "info_truncated": True}
+
+
+# ---------------------------------------------------------------- latest-only behaviour
+
+
+@pytest.mark.asyncio
+async def test_offer_only_stores_latest_and_non_reading_client_mailbox_stays_at_one(
+    viewer: tuple[ViewerHub, CountingExecutor, str],
+) -> None:
+    hub, executor, url = viewer
+    frames = [noisy_frame(i) for i in range(100)]
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+        await receive_hello(ws)  # then never read again
+        # Burst without yielding: offer() must not encode anything itself.
+        offer_times = []
+        for seq, (image, mask) in enumerate(frames):
+            start = time.perf_counter()
+            hub.offer("cam0", image, mask, {"seq": seq})
+            offer_times.append(time.perf_counter() - start)
+        assert executor.submitted == 0 and hub.stats["pending_replaced"] == 99
+        await wait_until(lambda: hub.stats["frames_encoded"] == 1, what="one encode of the burst")
+        # Paced: every frame is encoded, the client's socket fills, its mailbox must not grow.
+        for seq, (image, mask) in enumerate(frames, start=100):
+            hub.offer("cam0", image, mask, {"seq": seq})
+            await wait_until(encoded_count_is(hub, seq - 98), what=f"encode of {seq}")
+        stats, client = hub.stats, client_stats(hub, 0)
+    assert stats["frames_offered"] == 200 and stats["frames_encoded"] == 101
+    assert client["mailbox_high_water"] == 1 and client["pending"] <= 1
+    assert client["superseded"] > 50, client  # the socket is full: almost everything was replaced
+    assert client["in_flight"] == 1  # the sender is stuck on the full socket, and only it
+    encoded = client["sent"] + client["in_flight"] + client["superseded"] + client["pending"]
+    assert encoded == stats["frames_encoded"]
+    assert stats["superseded"] == client["superseded"]
+    # offer() is a reference swap: far cheaper than the encode it defers (medians resist GC hiccups).
+    assert statistics.median(offer_times) * 10 < statistics.median(executor.durations)
+
+
+@pytest.mark.asyncio
+async def test_slow_client_does_not_delay_another(viewer: tuple[ViewerHub, CountingExecutor, str]) -> None:
+    hub, _, url = viewer
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{url}/ws") as slow,
+        session.ws_connect(f"{url}/ws") as fast,
+    ):
+        await receive_hello(slow)  # and never again
+        await receive_hello(fast)
+        last_seen = -1
+        for seq in range(40):
+            hub.offer("cam0", *noisy_frame(seq), {"seq": seq})
+            header, _ = await receive_frame(fast)  # each frame arrives before the next offer
+            assert header["seq"] == seq
+            last_seen = header["seq"]
+        slow_stats, fast_stats = client_stats(hub, 0), client_stats(hub, 1)
+        assert slow.closed is False
+    assert last_seen == 39
+    assert fast_stats["sent"] == 40 and fast_stats["superseded"] == 0
+    assert slow_stats["sent"] < 40 and slow_stats["superseded"] > 0
+
+
+@pytest.mark.asyncio
+async def test_no_encoding_without_clients(viewer: tuple[ViewerHub, CountingExecutor, str]) -> None:
+    hub, executor, url = viewer
+    for seq in range(20):
+        hub.offer("cam0", *black_vehicle_frame(), {"seq": seq})
+        await asyncio.sleep(0.005)
+    assert hub.stats["frames_encoded"] == 0 and executor.submitted == 0
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+        await receive_hello(ws)
+        header, _ = await receive_frame(ws)
+    assert header["seq"] == 19  # only the newest frame is ever encoded for a new viewer
+    assert hub.stats["frames_encoded"] == 1
+
+
+@pytest.mark.asyncio
+async def test_close_is_idempotent_and_leaves_no_tasks(no_leaked_threads: None) -> None:
+    hub = ViewerHub()
+    server = ViewerServer(hub, "127.0.0.1", 0)
+    port = await server.start()
+    async with aiohttp.ClientSession() as session:
+        stalled = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+        reader = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+        await receive_hello(reader)
+        for seq in range(10):
+            hub.offer("cam0", *noisy_frame(seq), {"seq": seq})
+            await asyncio.sleep(0.01)
+        await asyncio.gather(hub.close(), hub.close())
+        await hub.close()
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(TASK_PREFIX)]
+        assert hub.stats["clients"] == 0
+        hub.offer("cam0", *black_vehicle_frame(), {})  # after close: ignored, no error
+        await server.close()
+        await server.close()
+        await stalled.close()
+        await reader.close()
+    with pytest.raises(RuntimeError):
+        hub.start()
+
+
+# ---------------------------------------------------------------- server
+
+
+@pytest.mark.asyncio
+async def test_port_in_use_raises_viewer_error_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hub = ViewerHub()
+        with pytest.raises(ViewerError, match=f"127.0.0.1:{port}.*in use"):
+            await ViewerServer(hub, "127.0.0.1", port).start()
+        await hub.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("0.0.0.0:0", ("0.0.0.0", 0)),
+     ("localhost:65535", ("localhost", 65535)), ("[::1]:9000", ("::1", 9000))],
+)  # fmt: skip
+def test_parse_bind_accepts(spec: str, expected: tuple[str, int]) -> None:
+    assert parse_bind(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("off", "HOST:PORT"), ("8080", "HOST:PORT"), (":8080", "HOST:PORT"), ("host:", "HOST:PORT"),
+     ("host:http", "0..65535"), ("host:70000", "0..65535"), ("host:-1", "0..65535"),
+     ("::1:80", "brackets"), ("[nope]:80", "IPv6")],
+)  # fmt: skip
+def test_parse_bind_rejects(spec: str, message: str) -> None:
+    with pytest.raises(BindError, match=message):
+        parse_bind(spec)
+    with pytest.raises(ValueError):  # argparse type= friendly
+        parse_bind(spec)
+
+
+@pytest.mark.asyncio
+async def test_http_endpoints(viewer: tuple[ViewerHub, CountingExecutor, str]) -> None:
+    hub, _, url = viewer
+    hub.offer("cam0", *black_vehicle_frame(), {})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/api/stats") as resp:
+            assert resp.status == 200 and resp.content_type == "application/json"
+            stats = await resp.json()
+        async with session.get(f"{url}/healthz") as resp:
+            assert resp.status == 200 and await resp.json() == {"ok": True, "clients": 0, "streams": 1}
+        async with session.get(f"{url}/") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            assert "/static/viewer.js" in await resp.text()
+            assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+        for name, kind in (("viewer.js", "javascript"), ("viewer.css", "text/css")):
+            async with session.get(f"{url}/static/{name}") as resp:
+                assert resp.status == 200 and kind in resp.content_type
+    assert {"clients", "frames_offered", "frames_encoded", "frames_sent", "superseded"} <= stats.keys()
+    assert stats["frames_offered"] == 1 and stats["streams"] == ["cam0"]
+
+
+@pytest.mark.asyncio
+async def test_cross_site_websocket_is_refused(viewer: tuple[ViewerHub, CountingExecutor, str]) -> None:
+    _, _, url = viewer
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(f"{url}/ws", origin="http://evil.example")
+        assert info.value.status == 403
+        async with session.ws_connect(f"{url}/ws", origin=url) as ws:  # same origin: fine
+            await receive_hello(ws)
+
+
+# ---------------------------------------------------------------- browser
+
+
+def require_chromium() -> None:
+    """Skip without Chromium on a dev box; in CI (CI=true) a missing browser is a failure."""
+    if os.path.exists(CHROMIUM):
+        return
+    reason = f"{CHROMIUM} not found (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; the browser test must run in CI")
+    pytest.skip(reason)
+
+
+async def wait_for_page(page: Any, predicate_js: str, timeout: float = 15.0) -> None:
+    # Not page.wait_for_function: it compiles the predicate with eval inside the
+    # page, which our Content-Security-Policy (rightly) forbids.
+    deadline = time.monotonic() + timeout
+    while not await page.evaluate(predicate_js):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate_js}")
+        await asyncio.sleep(0.05)
+
+
+async def offer_forever(hub: ViewerHub) -> None:
+    seq = 0
+    while True:
+        hub.offer("cam0", *black_vehicle_frame(), {"seq": seq, "latency_ms": 41.5, "fps": 20.0, "miou": 0.75})
+        seq += 1
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(profile_dir: Path) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A page in a real headless Chromium, plus the page errors and console errors it logs."""
+    require_chromium()
+    from playwright.async_api import async_playwright
+
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(profile_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            yield page, errors
+        finally:
+            await context.close()
+
+
+async def wait_for_new_frames(page: Any, count: int = 3) -> None:
+    """Wait until the panel has drawn ``count`` frames and its seq moved on."""
+    await page.wait_for_selector(".panel[data-stream='cam0'] canvas")
+    await wait_for_page(page, f"() => Number(document.querySelector('.panel').dataset.frames) >= {count}")
+    first = int(await page.get_attribute(".panel", "data-seq") or -1)
+    await wait_for_page(page, f"() => Number(document.querySelector('.panel').dataset.seq) > {first}")
+
+
+@pytest.mark.asyncio
+async def test_page_in_headless_chromium(
+    viewer: tuple[ViewerHub, CountingExecutor, str], tmp_path: Path
+) -> None:
+    hub, _, url = viewer
+    feeder = asyncio.create_task(offer_forever(hub))
+    try:
+        async with chromium_page(tmp_path / "profile") as (page, errors):
+            await page.goto(url)
+            await wait_for_new_frames(page)
+            legend = await page.locator(".legend-item").all_inner_texts()
+            pixel = await page.evaluate(CANVAS_CENTRE_PIXEL_JS)
+            status = await page.get_attribute("#status", "data-state")
+            metrics = await page.locator(".panel .metrics").inner_text()
+    finally:
+        feeder.cancel()
+    assert [name.strip() for name in legend] == list(CLASS_NAMES)
+    assert pixel[:2] == [W, H]
+    assert_colour(pixel[2:5], VEHICLE_ON_BLACK_RGB)
+    assert status == "live" and "41.5 ms" in metrics and "0.750" in metrics
+    assert not errors, errors
+
+
+@pytest.mark.asyncio
+async def test_page_reconnects_after_server_restart(tmp_path: Path) -> None:
+    hub = ViewerHub()
+    server = ViewerServer(hub, "127.0.0.1", 0)
+    port = await server.start()
+    feeder = asyncio.create_task(offer_forever(hub))
+    try:
+        async with chromium_page(tmp_path / "profile") as (page, _):
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await wait_for_new_frames(page)
+            await server.close()
+            await wait_for_page(page, "() => document.getElementById('status').dataset.state === 'offline'")
+            server = ViewerServer(hub, "127.0.0.1", port)  # same port, same page, no reload
+            await server.start()
+            await wait_for_page(page, "() => document.getElementById('status').dataset.state === 'live'")
+            await wait_for_new_frames(page)
+            panels = await page.locator(".panel").count()
+    finally:
+        feeder.cancel()
+        await server.close()
+        await hub.close()
+    assert panels == 1  # the reconnect reused the stream's panel

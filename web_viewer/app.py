@@ -1,0 +1,197 @@
+"""The viewer's HTTP side: a static page, the ``/ws`` frame stream and small JSON endpoints.
+
+Routes: ``/`` (the page), ``/static/...`` (its JS/CSS), ``/ws`` (WebSocket, see
+:mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters) and
+``/healthz``. Everything is served from this package: no CDN, works offline.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from web_viewer.hub import ViewerHub
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+# Pings detect viewers that vanished without closing (laptop lid, Wi-Fi drop).
+HEARTBEAT_S = 15.0
+# The page never sends anything big; a tiny limit keeps a hostile client cheap.
+MAX_CLIENT_MSG_BYTES = 4096
+# Kernel send buffer per viewer socket. Every byte queued there is a frame the
+# viewer will see late, so keep roughly two frames; Linux's autotuning would
+# allow megabytes, i.e. seconds of lag on a slow link.
+WS_SEND_BUFFER_BYTES = 256 * 1024
+# Server shutdown waits this long for in-flight HTTP requests (viewers are closed first).
+SHUTDOWN_TIMEOUT_S = 2.0
+# No CDN and no inline code: the page may only talk to us; frames are drawn from blobs.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class ViewerError(RuntimeError):
+    """The viewer cannot start (port in use, bad bind address, ...)."""
+
+
+class BindError(ViewerError, ValueError):
+    """A malformed ``HOST:PORT`` (a ValueError too, so argparse ``type=`` reports it)."""
+
+
+def parse_bind(spec: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:8080"`` for IPv6) -> ``(host, port)``; port 0 = any free port.
+
+    ``"off"`` is the caller's business (it means: no viewer) and is rejected here.
+    """
+    text = spec.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text:
+        raise BindError(f"viewer bind {spec!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        _check_ipv6(spec, host)
+    elif ":" in host:
+        raise BindError(f"viewer bind {spec!r}: write IPv6 hosts in brackets, e.g. [::1]:8080")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BindError(f"viewer bind {spec!r}: port must be an integer in 0..65535, got {port_text!r}")
+    if any(ch.isspace() for ch in host):
+        raise BindError(f"viewer bind {spec!r}: host must not contain spaces")
+    return host, int(port_text)
+
+
+def _check_ipv6(spec: str, host: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise BindError(f"viewer bind {spec!r}: {host!r} is not an IPv6 address") from None
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    """Refuse cross-site WebSockets: any web page could otherwise watch our cameras.
+
+    Browsers always send Origin; tools (tests, curl) usually do not and are allowed.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parsed = URL(origin)
+    return parsed.is_absolute() and parsed.host is not None and parsed.raw_authority == request.host
+
+
+class ViewerServer:
+    """aiohttp server for a :class:`ViewerHub`; ``start()`` also starts the hub's encoder."""
+
+    def __init__(self, hub: ViewerHub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        self.hub = hub
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port (useful with port 0). Raises ViewerError."""
+        if self._runner is not None or self._closed:
+            raise ViewerError("ViewerServer.start() may be called once")
+        self.hub.start()
+        runner = web.AppRunner(self._make_app(), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ViewerError(self._bind_error_text(exc)) from exc
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("viewer: serving on %s", self.url)
+        return self.port
+
+    def _bind_error_text(self, exc: OSError) -> str:
+        where = f"{self.host}:{self.port}"
+        if exc.errno == errno.EADDRINUSE:
+            return f"viewer cannot listen on {where}: address already in use (pick another port or 'off')"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"viewer cannot listen on {where}: {self.host} is not an address of this machine"
+        if isinstance(exc, socket.gaierror):
+            return f"viewer cannot listen on {where}: cannot resolve host {self.host!r}"
+        return f"viewer cannot listen on {where}: {exc.strerror or exc}"
+
+    async def close(self) -> None:
+        """Stop serving (idempotent). The hub stays usable; close it separately."""
+        if self._closed:
+            return
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # ---------------------------------------------------------------- app
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(middlewares=[_security_headers])
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/api/stats", self._stats)
+        app.router.add_get("/healthz", self._healthz)
+        # Open WebSocket handlers would otherwise hold shutdown for the whole timeout.
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.hub.close_clients()
+
+    async def _index(self, _request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    async def _stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.hub.stats)
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        stats = self.hub.stats
+        return web.json_response({"ok": True, "clients": stats["clients"], "streams": len(stats["streams"])})
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if not _origin_allowed(request):
+            raise web.HTTPForbidden(text="cross-origin viewer connections are not allowed")
+        # compress=False: JPEG does not deflate, and deflating would burn loop CPU per frame.
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, compress=False, max_msg_size=MAX_CLIENT_MSG_BYTES)
+        await ws.prepare(request)
+        _limit_send_buffer(ws)
+        await self.hub.serve_client(ws, request.transport)
+        return ws
+
+
+def _limit_send_buffer(ws: web.WebSocketResponse) -> None:
+    sock: Any = ws.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER_BYTES)
+    except OSError as exc:  # not fatal: only latency for slow viewers suffers
+        log.debug("viewer: cannot set SO_SNDBUF: %s", exc)
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    if not response.prepared:  # a WebSocket response has already sent its headers
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-cache")
+    return response
