@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from enum import Enum
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -17,7 +17,7 @@ T = TypeVar("T")
 DROP_CAUSE_QUEUE_FULL = "queue_full"
 
 
-class DropPolicy(str, Enum):
+class DropPolicy(StrEnum):
     BLOCK = "block"  # lossless: put() waits for room (replay)
     DROP_OLDEST = "drop_oldest"  # live: evict the oldest item, keep the newest
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from decision_bridge.schema import MaskMessage
 from decision_bridge.subscriber import MaskSubscriber
 from models.backends import TorchBackend
 from models.registry import load_model
@@ -50,6 +51,7 @@ async def subscribe(pipeline: Pipeline, task: asyncio.Task) -> MaskSubscriber:
     await wait_for(lambda: pipeline.zmq_address is not None or task.done(), what="publisher bind")
     if task.done():
         task.result()
+    assert pipeline.zmq_address is not None
     sub = MaskSubscriber(pipeline.zmq_address)
     sub.connect()
     return sub
@@ -57,7 +59,7 @@ async def subscribe(pipeline: Pipeline, task: asyncio.Task) -> MaskSubscriber:
 
 async def receive(sub: MaskSubscriber, count: int, timeout_s: float = 60.0) -> list:
     """Collect ``count`` messages without blocking the loop the pipeline runs on."""
-    messages = []
+    messages: list[MaskMessage] = []
     deadline = asyncio.get_running_loop().time() + timeout_s
     while len(messages) < count:
         if asyncio.get_running_loop().time() > deadline:

@@ -17,7 +17,9 @@ def frame(source: str, seq: int) -> Frame:
 
 def make(n: int, config: BatchConfig, clock=None):
     notify = asyncio.Event()
-    queues = [BoundedQueue(f"s{i}", 16, DropPolicy.BLOCK, notify=notify) for i in range(n)]
+    queues: list[BoundedQueue[Frame]] = [
+        BoundedQueue(f"s{i}", 16, DropPolicy.BLOCK, notify=notify) for i in range(n)
+    ]
     return queues, Batcher(queues, notify, config, clock or ManualClock())
 
 

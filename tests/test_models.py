@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from models.backends import TorchBackend, resolve_precision
-from models.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card, save_checkpoint
+from models.checkpoint import (
+    CheckpointError,
+    InputSpec,
+    ModelCard,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
 from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, Category, label_ids_to_categories
 from models.factory import ModelConfigError, build_model, build_smp
 from models.metrics import category_iou, confusion_matrix, mean_iou, per_class_iou
@@ -19,10 +28,9 @@ from models.registry import load_model
 TINY = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 
 
-def tiny_card(**overrides) -> ModelCard:
-    fields = dict(model_id="tiny", family="smp", arguments=TINY, input=InputSpec(size=(64, 32)))
-    fields.update(overrides)
-    return ModelCard(**fields)
+def tiny_card(**overrides: Any) -> ModelCard:
+    card = ModelCard(model_id="tiny", family="smp", arguments=TINY, input=InputSpec(size=(64, 32)))
+    return replace(card, **overrides)
 
 
 @pytest.fixture
@@ -104,8 +112,8 @@ def test_wrong_class_table_is_rejected(tmp_path):
 
 def test_malformed_card_is_rejected(tmp_path):
     path = tmp_path / "card.safetensors"
-    save_file({"w": torch.zeros(1)}, str(path), metadata={"roadseg": json.dumps({"format": "roadseg.checkpoint",
-                                                                                  "format_version": 1})})
+    card = json.dumps({"format": "roadseg.checkpoint", "format_version": 1})
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"roadseg": card})
     with pytest.raises(CheckpointError, match="malformed model card"):
         load_checkpoint(path)
 
@@ -119,7 +127,8 @@ def test_backend_returns_uint8_masks_at_each_frame_size(tiny_checkpoint):
     path, _ = tiny_checkpoint
     model, card = load_checkpoint(path)
     backend = TorchBackend(model, card, device="cpu", precision="fp32")
-    images = [np.zeros((48, 80, 3), np.uint8), np.full((32, 64, 3), 200, np.uint8), np.zeros((48, 80, 3), np.uint8)]
+    big, small = np.zeros((48, 80, 3), np.uint8), np.full((32, 64, 3), 200, np.uint8)
+    images = [big, small, big.copy()]
     out = backend.infer(images)
     assert [m.shape for m in out.masks] == [(48, 80), (32, 64), (48, 80)]
     assert all(m.dtype == np.uint8 and int(m.max()) < len(CLASS_NAMES) for m in out.masks)
@@ -134,8 +143,8 @@ def test_backend_mask_equals_model_argmax(tiny_checkpoint):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)
     mask = TorchBackend(model, card, device="cpu", precision="fp32").infer([image]).masks[0]
-    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - torch.tensor(card.input.mean).view(1, 3, 1, 1))
-    x = x / torch.tensor(card.input.std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (card.input.mean, card.input.std))
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - mean) / std
     with torch.inference_mode():
         expected = model(x).argmax(1)[0].numpy()
     assert np.array_equal(mask, expected)

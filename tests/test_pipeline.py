@@ -7,6 +7,8 @@ import json
 import os
 import struct
 import threading
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import cv2
@@ -26,6 +28,7 @@ CATEGORY_OF_LABEL = {7: 1, 8: 1, 9: 1, 10: 1, 11: 2, 12: 2, 13: 2, 14: 2, 15: 2,
 
 def independent_truth(label_path) -> np.ndarray:
     ids = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    assert ids is not None, label_path
     truth = np.zeros(ids.shape, np.uint8)
     for label, category in CATEGORY_OF_LABEL.items():
         truth[ids == label] = category
@@ -35,18 +38,18 @@ def independent_truth(label_path) -> np.ndarray:
 def independent_mean_iou(truths, preds) -> tuple[float, list[float | None]]:
     per_class = []
     for c in range(len(CLASS_NAMES)):
-        inter = sum(int(np.logical_and(t == c, p == c).sum()) for t, p in zip(truths, preds))
-        union = sum(int(np.logical_or(t == c, p == c).sum()) for t, p in zip(truths, preds))
+        inter = sum(int(np.logical_and(t == c, p == c).sum()) for t, p in zip(truths, preds, strict=False))
+        union = sum(int(np.logical_or(t == c, p == c).sum()) for t, p in zip(truths, preds, strict=False))
         per_class.append(inter / union if union else None)
     present = [v for v in per_class if v is not None]
     return sum(present) / len(present), per_class
 
 
-def config(**overrides) -> PipelineConfig:
-    fields = dict(model="demo", precision="fp32", zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=30.0,
-                  viewer=None, stats_interval_s=0, batch=BatchConfig(max_batch=4, max_wait_ms=2))
-    fields.update(overrides)
-    return PipelineConfig(**fields)
+def config(sources: tuple[str, ...], **overrides: Any) -> PipelineConfig:
+    base = PipelineConfig(sources=sources, model="demo", precision="fp32", zmq_address=LOOPBACK_ANY,
+                          zmq_wait_subscriber_s=30.0, viewer=None, stats_interval_s=0,
+                          batch=BatchConfig(max_batch=4, max_wait_ms=2))
+    return replace(base, **overrides)
 
 
 async def test_cityscapes_replay_every_frame_in_order_with_matching_iou(cityscapes_root):
@@ -75,7 +78,7 @@ async def test_cityscapes_replay_every_frame_in_order_with_matching_iou(cityscap
     expected_mean, expected_per_class = independent_mean_iou(truths, preds)
     assert summary["frames"] == 10 and summary["dropped_total"] == 0 and not summary["errors"]
     assert summary["iou"]["mean_iou"] == pytest.approx(expected_mean, abs=1e-9)
-    for name, value in zip(CLASS_NAMES, expected_per_class):
+    for name, value in zip(CLASS_NAMES, expected_per_class, strict=False):
         got = summary["iou"]["per_class"][name]
         assert (got is None and value is None) or got == pytest.approx(value, abs=1e-9)
 
@@ -86,7 +89,7 @@ async def test_viewer_websocket_delivers_jpeg_frames_while_running():
     async with running(cfg) as (pipeline, task):
         await wait_for(lambda: pipeline.viewer_port is not None or task.done(), what="viewer start")
         url = f"http://127.0.0.1:{pipeline.viewer_port}/ws"
-        jpegs = []
+        jpegs: list[tuple[dict[str, Any], np.ndarray]] = []
         async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
             while len(jpegs) < 3:
                 msg = await asyncio.wait_for(ws.receive(), 30)
@@ -94,11 +97,12 @@ async def test_viewer_websocket_delivers_jpeg_frames_while_running():
                     (length,) = struct.unpack(">I", msg.data[:4])
                     meta = json.loads(msg.data[4 : 4 + length])
                     image = cv2.imdecode(np.frombuffer(msg.data[4 + length :], np.uint8), cv2.IMREAD_COLOR)
+                    assert image is not None, "JPEG did not decode"
                     jpegs.append((meta, image))
         assert not task.done(), "the pipeline was still running while frames arrived"
     seqs = [meta["seq"] for meta, _ in jpegs]
     assert seqs == sorted(seqs) and all(meta["stream"] == "cam0" for meta, _ in jpegs)
-    assert all(image is not None and image.shape[1] == 512 for _, image in jpegs)
+    assert all(image.shape[1] == 512 for _, image in jpegs)
 
 
 def _socket_fds() -> int:
@@ -112,7 +116,7 @@ async def test_shutdown_leaves_no_thread_task_or_socket():
     sockets_before = _socket_fds()
     cfg = config(sources=("synthetic:frames=12", "b=synthetic:seed=2,frames=12"), zmq_wait_subscriber_s=0,
                  viewer=("127.0.0.1", 0))
-    async with running(cfg) as (pipeline, task):
+    async with running(cfg) as (_pipeline, task):
         summary = await asyncio.wait_for(task, 60)
     assert summary["frames"] == 24
     await asyncio.sleep(0.05)
@@ -158,4 +162,5 @@ async def test_stream_failing_midway_is_reported_and_others_finish(tmp_path, mon
     async with running(cfg) as (_, task):
         summary = await asyncio.wait_for(task, 60)
     assert summary["frames_per_stream"] == {"bad": 1, "good": 5}
-    assert len(summary["errors"]) == 1 and "bad" in summary["errors"][0] and "disk went away" in summary["errors"][0]
+    (error,) = summary["errors"]
+    assert "bad" in error and "disk went away" in error

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from models.classes import Category
+from stream.frame import Frame
 from stream.sources import EndOfStream, SourceError, SourceOptions, open_source, split_source_name
 from tests.conftest import require_shared
 
 
 async def drain(source, limit: int = 1000):
-    frames = []
+    frames: list[Frame] = []
     try:
         while len(frames) < limit:
             frames.append(await source.recv())

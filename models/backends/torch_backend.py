@@ -85,7 +85,7 @@ class TorchBackend:
             raise ValueError(f"input size {width}x{height} must be a multiple of {card.input.divisor}")
         self.input_hw = (height, width)
         self._torch_device = torch.device(self.device)
-        self._model = model.eval().to(self._torch_device, memory_format=torch.channels_last)
+        self._model = model.eval().to(self._torch_device).to(memory_format=torch.channels_last)
         spec = card.input
         std = torch.tensor(spec.std, dtype=torch.float32)
         # (x * scale - mean) / std folded into one multiply-add per pixel.

@@ -56,6 +56,11 @@ class FrameSource(ABC):
         self.spec = spec
         self.drops: Counter[str] = Counter()  # cause -> frames this source skipped
 
+    @property
+    def nominal_fps(self) -> float | None:
+        """The recorded or configured frame rate, when known."""
+        return None
+
     @abstractmethod
     async def recv(self) -> Frame: ...
 
@@ -102,14 +107,14 @@ class ThreadedReplaySource(FrameSource):
         except OSError as exc:
             raise SourceError(f"source {self.spec!r}: {exc}") from exc
 
-    def _open(self) -> None:  # noqa: B027 - optional hook
+    def _open(self) -> None:
         pass
 
     @abstractmethod
     def _read(self) -> RawFrame | None:
         """Blocking: decode the next frame, None at the end, FrameDecodeError to skip one."""
 
-    def _close(self) -> None:  # noqa: B027 - optional hook
+    def _close(self) -> None:
         pass
 
     async def recv(self) -> Frame:

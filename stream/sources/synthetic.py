@@ -1,11 +1,9 @@
 """Procedural driving scene with pixel-exact ground truth: the ``synthetic:`` source.
 
-One world model (a camera 1.3 m above a gently curving road, the ego car driving
-at constant speed) is drawn into the image and the truth with the same aliased
-rasteriser calls, so every truth edge is an image edge. Random choices come from
-a counter-based hash of (seed, what, which) rather than a running generator, so
-any frame can be rendered on its own: frame ``i`` depends only on (seed, size,
-fps, i), with time ``t = i / fps``.
+One world model (a camera 1.3 m above a gently curving road, the ego car driving at constant speed)
+is drawn into the image and the truth with the same aliased rasteriser calls, so every truth edge is
+an image edge. Random choices hash (seed, what, which) instead of running a generator, so any frame
+renders on its own: frame ``i`` depends only on (seed, size, fps, i), at time ``t = i / fps``.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ Colour = tuple[int, ...]
 Point3 = tuple[float, float, float]  # lateral x from the road centreline (+ right), height y, distance z (m)
 
 # Camera: a car camera with ~64 degrees horizontal field of view.
-CAM_HEIGHT_M = 1.3
-FOCAL_PER_WIDTH = 0.8
+CAM_HEIGHT_M, FOCAL_PER_WIDTH = 1.3, 0.8
 HORIZON_FRAC = 0.42  # horizon row / image height, before the suspension wobble
 PITCH_FRAC, PITCH_PERIOD_S = 0.006, 1.7
 BONNET_FRAC, BONNET_SAG_FRAC = 0.10, 0.05  # bonnet height at the centre; how much lower at the sides
@@ -41,22 +38,18 @@ SIDEWALK_M, CURB_M = 3.0, 0.25
 CENTRE_LINE_X, PARKING_LINE_X, EDGE_LINE_X = -LANE_M / 2, LANE_M / 2, ROAD_LEFT_X + 0.3
 MARK_HALF_M, DASH_M, DASH_PERIOD_M = 0.08, 3.0, 12.0
 JOINT_M, JOINT_PERIOD_M = 0.08, 1.2  # paving-slab joints on the sidewalk
-SHADE_LEN_M, SHADE_PERIOD_M = 4.0, 13.0  # shadows of roadside things across half the road
-SHADE_GAIN = 0.62
+SHADE_LEN_M, SHADE_PERIOD_M, SHADE_GAIN = 4.0, 13.0, 0.62  # shadows of roadside things over half the road
 
 # Motion.
-SPEED_MPS = (8.0, 14.0)
-CURVE_PER_M = (1 / 700, 1 / 300)  # peak road curvature
-CURVE_PERIOD_S = 24.0
+SPEED_MPS, CURVE_PER_M, CURVE_PERIOD_S = (8.0, 14.0), (1 / 700, 1 / 300), 24.0  # curvature: its peak
 LEAD_Z_M, LEAD_SWING_M, LEAD_PERIOD_S = 17.0, 7.0, 11.0
 ONCOMING_MPS, WALK_MPS, STRIDE_M = 11.0, 1.3, 1.5
 
 # Appearance.
-GRAIN_SIGMA, BLOTCH_SIGMA, GRAIN_PAD = 5.0, 5.0, 32  # per-pixel sensor noise, soft lighting blotches
-BLOTCH_CELL_PX = 40
+GRAIN_SIGMA, BLOTCH_SIGMA, BLOTCH_CELL_PX, GRAIN_PAD = 5.0, 5.0, 40, 32  # sensor noise, soft light patches
 GAIN_SWING, GAIN_PERIOD_S = 0.07, 6.0  # passing clouds dim and brighten the whole scene
 N_CLOUDS, TREELINE_RAD = 6, 0.03
-FACADE_STEP_M, BUILDING_DEPTH_M = 4.0, 12.0  # facade outline vertex spacing (follows the road's bend)
+BUILDING_CELL_M, FACADE_STEP_M, BUILDING_DEPTH_M = 20.0, 4.0, 12.0  # facade vertices follow the bend
 FLOOR_M, WINDOW_SILL_M, WINDOW_PITCH_M = 3.2, 0.9, 2.6
 WINDOW_DZ, WINDOW_DY = np.array([0.0, 1.3, 1.3, 0.0]), np.array([0.0, 0.0, 1.6, 1.6])  # window corners
 CAR_DETAIL_PX, PERSON_DETAIL_PX = 8, 24  # below these sizes small parts are skipped: they would be specks
@@ -66,7 +59,7 @@ class _Key(IntEnum):
     """What a random draw is for, so unrelated choices never share numbers."""
 
     STYLE, CLOUD, BUILDING_L, BUILDING_R, TREE_L, TREE_R, LAMP_L, LAMP_R = range(8)
-    SIGN_L, SIGN_R, PARKED, ONCOMING, PED_RI, PED_RO, PED_LI, PED_LO = range(8, 16)
+    SIGN_L, SIGN_R, PARKED, ONCOMING, PED_RI, PED_RO, PED_LI, PED_LO, LEAD = range(8, 17)
 
 
 class _Mat(IntEnum):
@@ -75,12 +68,14 @@ class _Mat(IntEnum):
     ASPHALT, MARKING, CURB, PAVING, JOINT, GRASS = range(6)
 
 
-# Lateral bands of the ground, left to right (edges in m), and what each is made of. The band at
+# Lateral bands of the ground, left to right (edges in m), and what each is made of. The edge at
 # x = 0 splits the ego lane so that shadows can cover one half of the road.
-_BAND_EDGES = (ROAD_LEFT_X - SIDEWALK_M, ROAD_LEFT_X - CURB_M, ROAD_LEFT_X, EDGE_LINE_X - MARK_HALF_M,
-               EDGE_LINE_X + MARK_HALF_M, CENTRE_LINE_X - MARK_HALF_M, CENTRE_LINE_X + MARK_HALF_M, 0.0,
-               PARKING_LINE_X - MARK_HALF_M, PARKING_LINE_X + MARK_HALF_M, ROAD_RIGHT_X, ROAD_RIGHT_X + CURB_M,
-               ROAD_RIGHT_X + SIDEWALK_M)
+_BAND_EDGES = (
+    ROAD_LEFT_X - SIDEWALK_M, ROAD_LEFT_X - CURB_M, ROAD_LEFT_X, EDGE_LINE_X - MARK_HALF_M,
+    EDGE_LINE_X + MARK_HALF_M, CENTRE_LINE_X - MARK_HALF_M, CENTRE_LINE_X + MARK_HALF_M, 0.0,
+    PARKING_LINE_X - MARK_HALF_M, PARKING_LINE_X + MARK_HALF_M, ROAD_RIGHT_X, ROAD_RIGHT_X + CURB_M,
+    ROAD_RIGHT_X + SIDEWALK_M,
+)
 _BAND_MAT = (_Mat.GRASS, _Mat.PAVING, _Mat.CURB, _Mat.ASPHALT, _Mat.MARKING, _Mat.ASPHALT, _Mat.MARKING,
              _Mat.ASPHALT, _Mat.ASPHALT, _Mat.MARKING, _Mat.ASPHALT, _Mat.CURB, _Mat.PAVING, _Mat.GRASS)
 _DASH_BAND, _RIGHT_HALF_BAND = 6, 8  # the dashed centre line; the first band right of x = 0
@@ -96,8 +91,9 @@ _CLOTHES = ((40, 40, 45), (200, 40, 40), (40, 70, 150), (220, 220, 215), (120, 1
             (230, 180, 40), (40, 120, 70))
 _SKIN = ((230, 190, 160), (200, 150, 110), (140, 95, 65), (90, 60, 45))
 _GREENS = ((60, 110, 40), (80, 130, 50), (45, 90, 45), (100, 140, 60))
-_GLASS, _TYRE, _DARK = (40, 50, 60), (20, 20, 22), (35, 35, 38)
-
+_GLASS, _TYRE, _DARK, _PLATE = (40, 50, 60), (20, 20, 22), (35, 35, 38), (230, 230, 225)
+_SIGN_RED, _SIGN_WHITE, _SIGN_BLUE = (200, 30, 30), (235, 235, 235), (30, 70, 170)
+_SIGNAL_LAMPS = ((230, 40, 30), (240, 180, 30), (40, 220, 90))
 _MASK64, _GOLDEN = (1 << 64) - 1, 0x9E3779B97F4A7C15
 
 
@@ -106,6 +102,10 @@ def _mix(h: int) -> int:
     h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
     return h ^ (h >> 31)
+
+
+def _scaled(colour: Sequence[float], gain: float) -> Colour:
+    return tuple(min(255, int(c * gain)) for c in colour)
 
 
 class _Rand:
@@ -123,119 +123,9 @@ class _Rand:
         self._h = _mix((self._h + _GOLDEN) & _MASK64)
         return lo + (hi - lo) * (self._h >> 11) * 2.0**-53
 
-    def colour(self, pool: Sequence[Colour], spread: float = 0.12) -> Colour:
+    def colour(self, pool: Sequence[Sequence[float]], spread: float = 0.12) -> Colour:
         """A colour from the pool, lightened or darkened by up to ``spread``."""
         return _scaled(pool[int(self.uniform() * len(pool))], self.uniform(1 - spread, 1 + spread))
-
-
-def _scaled(colour: Colour, gain: float) -> Colour:
-    return tuple(min(255, int(c * gain)) for c in colour)
-
-
-class _Style:
-    """The per-seed look and motion of a drive."""
-
-    def __init__(self, seed: int) -> None:
-        rnd = _Rand(seed, _Key.STYLE)
-        self.seed = seed
-        self.speed = rnd.uniform(*SPEED_MPS)
-        self.curve = rnd.uniform(*CURVE_PER_M) * (1 if rnd.uniform() < 0.5 else -1)
-        self.phases = [rnd.uniform(0, 2 * math.pi) for _ in range(4)]  # curve, pitch, lead car, light
-        overcast = rnd.uniform()
-        self.sky_top = np.array(rnd.colour([(70 + 100 * overcast, 120 + 60 * overcast, 200)], 0.06), float)
-        self.sky_low = np.array(rnd.colour([(200, 215, 230)], 0.05), float)
-        self.treeline = rnd.colour([(50, 80, 45)], 0.15)
-        ground = [rnd.colour([(100, 100, 104)], 0.2), rnd.colour([(225, 225, 220)], 0.05),
-                  rnd.colour([(170, 168, 160)], 0.1), rnd.colour([(160, 150, 140), (130, 130, 135)], 0.12),
-                  (0, 0, 0), rnd.colour(_GREENS, 0.15)]
-        ground[_Mat.JOINT] = _scaled(ground[_Mat.PAVING], 0.75)
-        lit = np.array(ground, dtype=float)
-        rgba = np.full((2 * len(_Mat), 4), 255, np.uint8)
-        rgba[:, :3] = np.concatenate([lit, lit * SHADE_GAIN])
-        self.ground_rgba = rgba.view(np.uint32).ravel()  # one packed colour per (shaded) material
-        self.ground_lut = _ground_lut(1.0 if rnd.uniform() < 0.5 else -1.0)  # which half lies in shadow
-        self.side_light = {1: rnd.uniform(0.8, 1.1), -1: rnd.uniform(0.8, 1.1)}  # facades facing the sun
-        self.bonnet = rnd.colour(_PAINTS, 0.1)
-        self.treeline_phases = [rnd.uniform(0, 2 * math.pi) for _ in range(3)]
-
-
-class _Painter:
-    """One frame being drawn: the camera pose at time t and the image and truth it paints."""
-
-    def __init__(self, style: _Style, width: int, height: int, t: float) -> None:
-        curve_phase, pitch_phase, _, _ = style.phases
-        angle = 2 * math.pi * t / CURVE_PERIOD_S + curve_phase
-        self.style, self.t, self.width, self.height = style, t, width, height
-        self.f, self.cx = FOCAL_PER_WIDTH * width, width / 2
-        self.horizon = height * (HORIZON_FRAC + PITCH_FRAC * math.sin(2 * math.pi * t / PITCH_PERIOD_S + pitch_phase))
-        self.curve = style.curve * math.sin(angle)  # 1/m, at the camera
-        # Heading relative to the start: the integral of curvature over the distance driven.
-        self.yaw = -style.curve * style.speed * CURVE_PERIOD_S / (2 * math.pi) * math.cos(angle)
-        self.travelled = style.speed * t
-        self.image = np.empty((height, width, 3), np.uint8)
-        self.truth = np.empty((height, width), np.uint8)
-
-    def uv(self, x: float, y: float, z: float) -> tuple[float, float]:
-        # The road bends by curve * z^2 / 2 at distance z; everything on it shifts with it.
-        return (self.cx + self.f * (x - 0.5 * self.curve * z * z) / z,
-                self.horizon + self.f * (CAM_HEIGHT_M - y) / z)
-
-    def fill(self, points: Sequence[Point3], colour: Colour, category: Category) -> None:
-        f, cx, horizon, bend = self.f, self.cx, self.horizon, 0.5 * self.curve
-        poly = np.array([(round(cx + f * (x - bend * z * z) / z), round(horizon + f * (CAM_HEIGHT_M - y) / z))
-                         for x, y, z in points], np.int32)
-        cv2.fillPoly(self.image, [poly], colour, cv2.LINE_8)
-        cv2.fillPoly(self.truth, [poly], int(category), cv2.LINE_8)
-
-    def rect(self, x0: float, x1: float, y0: float, y1: float, z: float, colour: Colour, category: Category) -> None:
-        """An upright rectangle facing the camera."""
-        self.fill(((x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)), colour, category)
-
-    def disc(self, x: float, y: float, z: float, radius_m: float, colour: Colour, category: Category) -> None:
-        u, v = self.uv(x, y, z)
-        centre, radius = (round(u), round(v)), round(self.f * radius_m / z)
-        cv2.circle(self.image, centre, radius, colour, -1, cv2.LINE_8)
-        cv2.circle(self.truth, centre, radius, int(category), -1, cv2.LINE_8)
-
-
-def _spots(p: _Painter, key: _Key, cell_m: float, density: float, speed: float = 0.0,
-           z_max: float = Z_FAR_M) -> Iterator[tuple[float, _Rand]]:
-    """Objects at most one per ``cell_m`` of road, moving at ``speed``: (distance, their own random numbers)."""
-    shift = speed * p.t - p.travelled
-    for k in range(math.floor((Z_NEAR_M - shift) / cell_m) - 1, math.floor((z_max - shift) / cell_m) + 1):
-        rnd = _Rand(p.style.seed, key, k)
-        if rnd.uniform() < density:
-            z = (k + rnd.uniform(0.1, 0.9)) * cell_m + shift
-            if Z_NEAR_M <= z <= z_max:
-                yield z, rnd
-
-
-def _paint_sky(p: _Painter, ground_top: int) -> None:
-    s = p.style
-    frac = (np.arange(ground_top) / max(p.horizon, 1.0))[:, None] ** 0.7
-    p.image[:ground_top] = (s.sky_top + (s.sky_low - s.sky_top) * frac).astype(np.uint8)[:, None, :]
-    p.truth[:ground_top] = Category.SKY
-    for i in range(N_CLOUDS):  # image only: clouds are sky
-        rnd = _Rand(s.seed, _Key.CLOUD, i)
-        azimuth = (rnd.uniform(-1, 1) + 0.004 * p.t - p.yaw + 1) % 2 - 1  # drifting, wraps around
-        u, v = p.cx + p.f * azimuth, p.horizon - p.f * rnd.uniform(0.12, 0.4)
-        size, shade = p.f * rnd.uniform(0.04, 0.1), int(rnd.uniform(225, 250))
-        for du, dv, k in ((0.0, 0.0, 1.0), (-0.8, 0.15, 0.7), (0.8, 0.2, 0.6)):
-            centre = (round(u + du * size), round(v + dv * size))
-            axes = (round(size * k), round(size * k * 0.4))
-            cv2.ellipse(p.image, centre, axes, 0, 0, 360, (shade, shade, shade), -1, cv2.LINE_8)
-
-
-def _paint_treeline(p: _Painter, ground_top: int) -> None:
-    """Distant woods on the horizon; they pan as the car's heading swings."""
-    a, b, c = p.style.treeline_phases
-    angle = (np.arange(p.width) + 0.5 - p.cx) / p.f + p.yaw
-    bumps = 1 + 0.5 * np.sin(7 * angle + a) + 0.3 * np.sin(23 * angle + b) + 0.2 * np.sin(61 * angle + c)
-    tops = p.horizon - p.f * TREELINE_RAD * bumps
-    first = max(0, math.floor(tops.min()))
-    mask = np.arange(first, ground_top)[:, None] >= tops[None, :]
-    p.image[first:ground_top][mask] = p.style.treeline
-    p.truth[first:ground_top][mask] = Category.NATURE
 
 
 def _ground_lut(shade_side: float) -> np.ndarray:
@@ -252,21 +142,126 @@ def _ground_lut(shade_side: float) -> np.ndarray:
     return lut
 
 
+class _Style:
+    """The per-seed look and motion of a drive."""
+
+    def __init__(self, seed: int) -> None:
+        rnd = _Rand(seed, _Key.STYLE)
+        self.seed, self.speed = seed, rnd.uniform(*SPEED_MPS)
+        self.curve = rnd.uniform(*CURVE_PER_M) * (1 if rnd.uniform() < 0.5 else -1)
+        self.curve_phase, self.pitch_phase, self.lead_phase, self.light_phase = (
+            rnd.uniform(0, 2 * math.pi) for _ in range(4))
+        overcast = rnd.uniform()
+        self.sky_top = np.array(rnd.colour([(70 + 100 * overcast, 120 + 60 * overcast, 200)], 0.06), np.float64)
+        self.sky_low = np.array(rnd.colour([(200, 215, 230)], 0.05), np.float64)
+        self.treeline = rnd.colour([(50, 80, 45)], 0.15)
+        self.treeline_phases = [rnd.uniform(0, 2 * math.pi) for _ in range(3)]
+        asphalt, marking, curb = rnd.colour([(100, 100, 104)], 0.2), rnd.colour([(225, 225, 220)], 0.05), \
+            rnd.colour([(170, 168, 160)], 0.1)
+        paving, grass = rnd.colour([(160, 150, 140), (130, 130, 135)]), rnd.colour(_GREENS, 0.15)
+        lit = np.array([asphalt, marking, curb, paving, _scaled(paving, 0.75), grass], np.float64)
+        rgba = np.full((2 * len(_Mat), 4), 255, np.uint8)
+        rgba[:, :3] = np.concatenate([lit, lit * SHADE_GAIN])
+        self.ground_rgba = rgba.view(np.uint32).ravel()  # one packed colour per (shaded) material
+        self.ground_lut = _ground_lut(1.0 if rnd.uniform() < 0.5 else -1.0)  # which half lies in shadow
+        self.side_light = {1: rnd.uniform(0.8, 1.1), -1: rnd.uniform(0.8, 1.1)}  # facades facing the sun
+        self.bonnet = rnd.colour(_PAINTS, 0.1)
+
+
+class _Painter:
+    """One frame being drawn: the camera pose at time t and the image and truth it paints."""
+
+    def __init__(self, style: _Style, width: int, height: int, t: float) -> None:
+        angle = 2 * math.pi * t / CURVE_PERIOD_S + style.curve_phase
+        pitch = PITCH_FRAC * math.sin(2 * math.pi * t / PITCH_PERIOD_S + style.pitch_phase)
+        self.style, self.t, self.width, self.height = style, t, width, height
+        self.f, self.cx, self.horizon = FOCAL_PER_WIDTH * width, width / 2, height * (HORIZON_FRAC + pitch)
+        self.curve = style.curve * math.sin(angle)  # 1/m at the camera; > 0 bends the road left
+        # Heading (+ = turned right): minus the integral of curvature over the distance driven.
+        self.heading = style.curve * style.speed * CURVE_PERIOD_S / (2 * math.pi) * math.cos(angle)
+        self.travelled = style.speed * t
+        self.image = np.empty((height, width, 3), np.uint8)
+        self.truth = np.empty((height, width), np.uint8)
+
+    def uv(self, x: float, y: float, z: float) -> tuple[int, int]:
+        # The road bends by curve * z^2 / 2 at distance z; everything along it shifts with it.
+        return round(self.cx + self.f * (x - 0.5 * self.curve * z * z) / z), \
+            round(self.horizon + self.f * (CAM_HEIGHT_M - y) / z)
+
+    def fill(self, points: Sequence[Point3], colour: Colour, category: Category) -> None:
+        poly = np.array([self.uv(x, y, z) for x, y, z in points], np.int32)
+        cv2.fillPoly(self.image, [poly], colour, cv2.LINE_8)
+        cv2.fillPoly(self.truth, [poly], int(category), cv2.LINE_8)
+
+    def upright(self, x: float, y0: float, y1: float, half0: float, half1: float, z: float, colour: Colour,
+                cat: Category) -> None:
+        """A trapezoid facing the camera, centred on x: half-width half0 at height y0, half1 at y1."""
+        self.fill(((x - half0, y0, z), (x + half0, y0, z), (x + half1, y1, z), (x - half1, y1, z)), colour, cat)
+
+    def side(self, x: float, y0: float, y1: float, z0: float, z1: float, colour: Colour, cat: Category) -> None:
+        """A rectangle in the plane x = const, parallel to the road."""
+        self.fill(((x, y0, z0), (x, y0, z1), (x, y1, z1), (x, y1, z0)), colour, cat)
+
+    def disc(self, x: float, y: float, z: float, radius_m: float, colour: Colour, category: Category) -> None:
+        centre, radius = self.uv(x, y, z), round(self.f * radius_m / z)
+        cv2.circle(self.image, centre, radius, colour, -1, cv2.LINE_8)
+        cv2.circle(self.truth, centre, radius, int(category), -1, cv2.LINE_8)
+
+
+def _spots(p: _Painter, key: _Key, cell_m: float, density: float, speed: float, z_max: float
+           ) -> Iterator[tuple[float, _Rand]]:
+    """Objects at most one per ``cell_m`` of road, moving at ``speed``: (distance, their random numbers)."""
+    shift = speed * p.t - p.travelled
+    for k in range(math.floor((Z_NEAR_M - shift) / cell_m) - 1, math.floor((z_max - shift) / cell_m) + 1):
+        rnd = _Rand(p.style.seed, key, k)
+        if rnd.uniform() < density:
+            z = (k + rnd.uniform(0.1, 0.9)) * cell_m + shift
+            if Z_NEAR_M <= z <= z_max:
+                yield z, rnd
+
+
+def _paint_sky(p: _Painter, ground_top: int) -> None:
+    s = p.style
+    frac = (np.arange(ground_top) / max(p.horizon, 1.0))[:, None] ** 0.7
+    p.image[:ground_top] = (s.sky_top + (s.sky_low - s.sky_top) * frac).astype(np.uint8)[:, None, :]
+    p.truth[:ground_top] = Category.SKY
+    for i in range(N_CLOUDS):  # image only: clouds are sky
+        rnd = _Rand(s.seed, _Key.CLOUD, i)
+        azimuth = (rnd.uniform(-1, 1) + 0.004 * p.t - p.heading + 1) % 2 - 1  # drifting, wraps around
+        u, v = p.cx + p.f * azimuth, p.horizon - p.f * rnd.uniform(0.12, 0.4)
+        size, shade = p.f * rnd.uniform(0.04, 0.1), int(rnd.uniform(225, 250))
+        for du, dv, k in ((0.0, 0.0, 1.0), (-0.8, 0.15, 0.7), (0.8, 0.2, 0.6)):
+            centre, axes = (round(u + du * size), round(v + dv * size)), (round(size * k), round(size * k * 0.4))
+            cv2.ellipse(p.image, centre, axes, 0, 0, 360, (shade, shade, shade), -1, cv2.LINE_8)
+
+
+def _paint_treeline(p: _Painter, ground_top: int) -> None:
+    """Distant woods on the horizon; they pan as the car's heading swings."""
+    a, b, c = p.style.treeline_phases
+    angle = (np.arange(p.width) + 0.5 - p.cx) / p.f + p.heading
+    bumps = 1 + 0.5 * np.sin(7 * angle + a) + 0.3 * np.sin(23 * angle + b) + 0.2 * np.sin(61 * angle + c)
+    tops = p.horizon - p.f * TREELINE_RAD * bumps
+    first = max(0, math.floor(tops.min()))
+    mask = np.arange(first, ground_top)[:, None] >= tops[None, :]
+    p.image[first:ground_top][mask] = p.style.treeline
+    p.truth[first:ground_top][mask] = Category.NATURE
+
+
 def _paint_ground(p: _Painter, ground_top: int) -> None:
-    """Back-project each ground row to road coordinates; what a pixel shows depends on
-    its lateral band and on the row (dash, paving joint or shadow at that distance)."""
+    """Back-project each ground row to road coordinates; what a pixel shows depends on its
+    lateral band and on the row (dash, paving joint or shadow at that distance)."""
     n = p.height - ground_top
     z = p.f * CAM_HEIGHT_M / (np.arange(ground_top, p.height) + 0.5 - p.horizon)
     along = z + p.travelled
     state = ((along % DASH_PERIOD_M < DASH_M) * _DASH + (along % JOINT_PERIOD_M < JOINT_M) * _JOINT
              + (along % SHADE_PERIOD_M < SHADE_LEN_M) * _SHADE)
     # Lateral x = (u + 0.5 - cx) * z / f + curve * z^2 / 2 is linear in column u, so each row is a run of
-    # bands: find the column where each band starts, then repeat each band's colour along its run.
+    # bands: find the column where each band starts, then repeat each band's value along its run.
     edges = np.array(_BAND_EDGES)[None, :] - (0.5 * p.curve * z * z)[:, None]
     starts = np.clip(np.ceil(edges * (p.f / z)[:, None] + p.cx - 0.5), 0, p.width).astype(np.intp)
     runs = np.diff(starts, axis=1, prepend=0, append=p.width).ravel()
     mats = p.style.ground_lut[state]
-    # Colours repeat as packed 32-bit RGBA (numpy repeats 3-byte items slowly), then drop alpha in place.
+    # Colours repeat as packed 32-bit RGBA (numpy repeats 3-byte items slowly), then alpha is dropped.
     rgba = np.repeat(p.style.ground_rgba[mats].ravel(), runs).view(np.uint8).reshape(n, p.width, 4)
     cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB, dst=p.image[ground_top:])
     p.truth[ground_top:] = np.repeat(_GROUND_CATEGORY[mats].ravel(), runs).reshape(n, p.width)
@@ -279,15 +274,15 @@ def _draw_building(p: _Painter, side: int, x: float, z0: float, z1: float, heigh
     zs = [near + (z1 - near) * i / (n - 1) for i in range(n)]
     p.fill([(x, 0.0, z) for z in zs] + [(x, height, z) for z in reversed(zs)], colour, cat)
     if z0 >= Z_NEAR_M:  # the end wall, seen across the gap to the next building
-        depth = x + side * BUILDING_DEPTH_M
-        p.fill(((x, 0, z0), (depth, 0, z0), (depth, height, z0), (x, height, z0)), _scaled(colour, 0.7), cat)
+        p.upright(x + side * BUILDING_DEPTH_M / 2, 0, height, BUILDING_DEPTH_M / 2, BUILDING_DEPTH_M / 2, z0,
+                  _scaled(colour, 0.7), cat)
     floors = np.arange(WINDOW_SILL_M, height - WINDOW_DY[-1] - WINDOW_SILL_M, FLOOR_M)  # stop below the roof
     cols = np.arange(near + WINDOW_PITCH_M / 3, z1 - WINDOW_DZ[1], WINDOW_PITCH_M)
-    if floors.size and cols.size:
+    if floors.size and cols.size:  # all windows at once: one vectorised projection, one fill call
         zz = cols[:, None] + WINDOW_DZ  # (column, corner)
         u = np.broadcast_to(p.cx + p.f * (x - 0.5 * p.curve * zz * zz) / zz, (floors.size, *zz.shape))
         v = p.horizon + p.f * (CAM_HEIGHT_M - (floors[:, None, None] + WINDOW_DY)) / zz
-        polys = np.stack([u, v], axis=-1).round().astype(np.int32).reshape(-1, len(WINDOW_DZ), 2)
+        polys = list(np.stack([u, v], axis=-1).round().astype(np.int32).reshape(-1, len(WINDOW_DZ), 2))
         glass = _scaled(_GLASS, rnd.uniform(0.8, 2.2))  # some windows reflect the sky
         cv2.fillPoly(p.image, polys, glass, cv2.LINE_8)
         cv2.fillPoly(p.truth, polys, int(cat), cv2.LINE_8)
@@ -296,8 +291,8 @@ def _draw_building(p: _Painter, side: int, x: float, z0: float, z1: float, heigh
 def _paint_buildings(p: _Painter) -> None:
     """Rows of buildings along both sides, far to near: they are behind everything else on the street."""
     for side, key, setback, density in ((1, _Key.BUILDING_R, 1.0, 0.85), (-1, _Key.BUILDING_L, 2.5, 0.6)):
-        cell, shift = 20.0, -p.travelled
-        edge = ROAD_RIGHT_X + SIDEWALK_M if side > 0 else ROAD_LEFT_X - SIDEWALK_M
+        edge, shift, cell = (ROAD_RIGHT_X if side > 0 else ROAD_LEFT_X) + side * SIDEWALK_M, -p.travelled, \
+            BUILDING_CELL_M
         for k in range(math.floor((Z_FAR_M - shift) / cell), math.floor((Z_NEAR_M - shift) / cell) - 1, -1):
             rnd = _Rand(p.style.seed, key, k)
             z0, z1 = k * cell + shift + rnd.uniform(0, 5), (k + 1) * cell + shift - rnd.uniform(0, 3)
@@ -308,33 +303,33 @@ def _paint_buildings(p: _Painter) -> None:
 
 def _draw_tree(p: _Painter, x: float, z: float, rnd: _Rand) -> None:
     trunk, radius = rnd.uniform(1.8, 3.0), rnd.uniform(1.4, 2.8)
-    p.rect(x - 0.18, x + 0.18, 0, trunk + radius, z, rnd.colour([(90, 70, 50)]), Category.NATURE)
+    p.upright(x, 0, trunk + radius, 0.18, 0.18, z, rnd.colour([(90, 70, 50)]), Category.NATURE)
     for dx, dy, k in ((-0.55, 0.7, 0.7), (0.55, 0.8, 0.75), (0.0, 1.2, 1.0)):
         p.disc(x + dx * radius, trunk + dy * radius, z, k * radius, rnd.colour(_GREENS), Category.NATURE)
 
 
 def _draw_lamp(p: _Painter, x: float, z: float, rnd: _Rand) -> None:
-    top, reach = rnd.uniform(6.5, 8.5), -math.copysign(1.8, x)  # the arm reaches over the road
+    top, reach, cat = rnd.uniform(6.5, 8.5), -math.copysign(1.8, x), Category.OBJECT  # arm over the road
     grey = rnd.colour([(110, 112, 115)])
-    p.rect(x - 0.12, x + 0.12, 0, top, z, grey, Category.OBJECT)
-    p.fill(((x, top - 0.15, z), (x + reach, top, z), (x + reach, top + 0.15, z), (x, top, z)), grey, Category.OBJECT)
-    p.rect(x + reach - 0.35, x + reach + 0.35, top - 0.2, top + 0.1, z, _DARK, Category.OBJECT)
+    p.upright(x, 0, top, 0.12, 0.12, z, grey, cat)
+    p.fill(((x, top - 0.15, z), (x + reach, top, z), (x + reach, top + 0.15, z), (x, top, z)), grey, cat)
+    p.upright(x + reach, top - 0.2, top + 0.1, 0.35, 0.35, z, _DARK, cat)
 
 
 def _draw_sign(p: _Painter, x: float, z: float, rnd: _Rand) -> None:
-    p.rect(x - 0.07, x + 0.07, 0, 2.3, z, rnd.colour([(140, 140, 145)]), Category.OBJECT)
-    kind, y = int(rnd.uniform(0, 4)), 2.7
+    kind, y, cat = int(rnd.uniform(0, 4)), 2.7, Category.OBJECT
+    p.upright(x, 0, 2.3, 0.07, 0.07, z, rnd.colour([(140, 140, 145)]), cat)
     if kind == 0:  # prohibition: red ring
-        p.disc(x, y, z, 0.4, (200, 30, 30), Category.OBJECT)
-        p.disc(x, y, z, 0.3, (235, 235, 235), Category.OBJECT)
+        p.disc(x, y, z, 0.4, _SIGN_RED, cat)
+        p.disc(x, y, z, 0.3, _SIGN_WHITE, cat)
     elif kind == 1:  # information: blue square
-        p.rect(x - 0.38, x + 0.38, y - 0.38, y + 0.38, z, (30, 70, 170), Category.OBJECT)
+        p.upright(x, y - 0.38, y + 0.38, 0.38, 0.38, z, _SIGN_BLUE, cat)
     elif kind == 2:  # warning: triangle
-        p.fill(((x - 0.45, y - 0.35, z), (x + 0.45, y - 0.35, z), (x, y + 0.45, z)), (210, 40, 35), Category.OBJECT)
+        p.upright(x, y - 0.35, y + 0.45, 0.45, 0.0, z, _SIGN_RED, cat)
     else:  # traffic light: dark box with one lamp lit
-        p.rect(x - 0.2, x + 0.2, y - 0.45, y + 0.6, z, _DARK, Category.OBJECT)
-        lit = int(rnd.uniform(0, 3))
-        p.disc(x, y + 0.35 - 0.35 * lit, z, 0.12, ((230, 40, 30), (240, 180, 30), (40, 220, 90))[lit], Category.OBJECT)
+        lit = int(rnd.uniform(0, len(_SIGNAL_LAMPS)))
+        p.upright(x, y - 0.45, y + 0.6, 0.2, 0.2, z, _DARK, cat)
+        p.disc(x, y + 0.35 * (1 - lit), z, 0.12, _SIGNAL_LAMPS[lit], cat)
 
 
 def _draw_person(p: _Painter, x: float, z: float, rnd: _Rand) -> None:
@@ -343,17 +338,14 @@ def _draw_person(p: _Painter, x: float, z: float, rnd: _Rand) -> None:
     swing = 0.22 * math.sin(2 * math.pi * WALK_MPS * p.t / STRIDE_M + rnd.uniform(0, 2 * math.pi))
     hip, shoulder = 0.5 * h, 0.8 * h
     if p.f * h / z < PERSON_DETAIL_PX:  # too small for limbs to show: a silhouette
-        p.fill(((x - 0.17, 0, z), (x + 0.17, 0, z), (x + 0.21, shoulder, z), (x - 0.21, shoulder, z)), shirt, cat)
-        p.disc(x, 0.9 * h, z, 0.09 * h, skin, cat)
-        return
-    for side in (-1, 1):  # legs scissor and arms swing against them
-        foot, hand = x + side * (0.1 + swing), x + side * (0.26 - 0.5 * swing)
-        p.fill(((x + side * 0.03, hip, z), (x + side * 0.17, hip, z), (foot + 0.06, 0, z), (foot - 0.06, 0, z)),
-               legs, cat)
-        p.fill(((x + side * 0.17, shoulder, z), (x + side * 0.25, shoulder, z), (hand + 0.04, 0.45 * h, z),
-                (hand - 0.04, 0.45 * h, z)), shirt, cat)
-    p.fill(((x - 0.17, hip - 0.05, z), (x + 0.17, hip - 0.05, z), (x + 0.21, shoulder + 0.03, z),
-            (x - 0.21, shoulder + 0.03, z)), shirt, cat)
+        p.upright(x, 0, shoulder, 0.17, 0.21, z, shirt, cat)
+    else:
+        for s in (-1, 1):  # legs scissor and arms swing against them
+            foot, hand = x + s * (0.1 + swing), x + s * (0.26 - 0.5 * swing)
+            p.fill(((x + s * 0.03, hip, z), (x + s * 0.17, hip, z), (foot + 0.06, 0, z), (foot - 0.06, 0, z)), legs, cat)
+            p.fill(((x + s * 0.17, shoulder, z), (x + s * 0.25, shoulder, z), (hand + 0.04, 0.45 * h, z),
+                    (hand - 0.04, 0.45 * h, z)), shirt, cat)
+        p.upright(x, hip - 0.05, shoulder + 0.03, 0.17, 0.21, z, shirt, cat)
     p.disc(x, 0.9 * h, z, 0.09 * h, skin, cat)
 
 
@@ -363,76 +355,69 @@ def _draw_car(p: _Painter, x: float, z: float, rnd: _Rand, rear: bool) -> None:
     sill, belt, roof = 0.3, rnd.uniform(0.9, 1.0), rnd.uniform(1.4, 1.55)
     detail = p.f * w / z >= CAR_DETAIL_PX  # wheels, lights and plate would be a pixel or two
     if abs(x) > w + 0.3:
-        s = x - math.copysign(w, x)
-        far = z + length
-        p.fill(((s, sill, z), (s, sill, far), (s, belt, far), (s, belt, z)), paint, cat)
+        s, far = x - math.copysign(w, x), z + length
+        p.side(s, sill, belt, z, far, paint, cat)
         p.fill(((s, belt, z + 0.9), (s, roof, z + 1.6), (s, roof, far - 1.2), (s, belt, far - 0.6)), _GLASS, cat)
-        for wz in (z + 0.8, far - 0.8) if detail else ():
-            p.fill(((s, 0, wz - 0.33), (s, 0, wz + 0.33), (s, 0.62, wz + 0.33), (s, 0.62, wz - 0.33)), _TYRE, cat)
+        for wheel in (z + 0.8, far - 0.8) if detail else ():
+            p.side(s, 0, 0.62, wheel - 0.33, wheel + 0.33, _TYRE, cat)
+    for wheel, half in ((-w + 0.25, 0.15), (w - 0.25, 0.15)) if detail else ((0.0, w - 0.1),):
+        p.upright(x + wheel, 0, sill + 0.1, half, half, z, _TYRE, cat)
+    p.upright(x, sill, belt, w, w, z, paint, cat)
+    p.upright(x, belt, roof, 0.92 * w, 0.72 * w, z + 0.4, paint, cat)  # cabin, set back from the bumper
+    p.upright(x, belt + 0.05, roof - 0.07, 0.8 * w, 0.64 * w, z + 0.4, _GLASS, cat)
     if detail:
-        for side in (-1, 1):
-            p.rect(x + side * (w - 0.4), x + side * (w - 0.1), 0, sill + 0.1, z, _TYRE, cat)
-    else:  # the wheels merge into one dark band under the body
-        p.rect(x - w + 0.1, x + w - 0.1, 0, sill, z, _TYRE, cat)
-    p.rect(x - w, x + w, sill, belt, z, paint, cat)
-    cab = z + 0.4
-    p.fill(((x - 0.92 * w, belt, cab), (x + 0.92 * w, belt, cab), (x + 0.72 * w, roof, cab),
-            (x - 0.72 * w, roof, cab)), paint, cat)
-    p.fill(((x - 0.8 * w, belt + 0.05, cab), (x + 0.8 * w, belt + 0.05, cab), (x + 0.64 * w, roof - 0.07, cab),
-            (x - 0.64 * w, roof - 0.07, cab)), _GLASS, cat)
-    if not detail:
-        return
-    light = (200, 30, 30) if rear else (240, 240, 210)
-    for side in (-1, 1):
-        p.rect(x + side * (w - 0.08), x + side * (w - 0.35), belt - 0.22, belt - 0.06, z, light, cat)
-    p.rect(x - 0.25, x + 0.25, 0.4, 0.52, z, (230, 230, 225), cat)  # number plate
+        for s in (-1, 1):
+            p.upright(x + s * (w - 0.21), belt - 0.22, belt - 0.06, 0.13, 0.13, z,
+                      (200, 30, 30) if rear else (240, 240, 210), cat)
+        p.upright(x, 0.4, 0.52, 0.25, 0.25, z, _PLATE, cat)
 
 
-def _street_objects(p: _Painter) -> list[tuple[float, Callable[[], None]]]:
-    """Everything between the buildings and the camera, as (distance, draw) for back-to-front painting."""
-    right_walk, left_walk = ROAD_RIGHT_X + CURB_M, ROAD_LEFT_X - CURB_M
-    rows: list[tuple[Any, ...]] = [  # key, lateral x, cell, density, speed, farthest, draw
-        (_Key.TREE_R, right_walk + SIDEWALK_M + 0.6, 14, 0.5, 0, Z_FAR_M, _draw_tree),
-        (_Key.TREE_L, left_walk - SIDEWALK_M - 1.4, 9, 0.7, 0, Z_FAR_M, _draw_tree),
-        (_Key.LAMP_R, right_walk + 0.3, 26, 0.9, 0, Z_FAR_M, _draw_lamp),
-        (_Key.LAMP_L, left_walk - 0.3, 26, 0.9, 0, Z_FAR_M, _draw_lamp),
-        (_Key.SIGN_R, right_walk + 0.5, 30, 0.7, 0, Z_FAR_M, _draw_sign),
-        (_Key.SIGN_L, left_walk - 0.5, 35, 0.6, 0, Z_FAR_M, _draw_sign),
-        (_Key.PED_RI, right_walk + 1.0, 5.5, 0.85, WALK_MPS, 55, _draw_person),
-        (_Key.PED_RO, right_walk + 2.2, 6.5, 0.7, -WALK_MPS, 55, _draw_person),
-        (_Key.PED_LI, left_walk - 1.0, 5.5, 0.85, -WALK_MPS, 55, _draw_person),
-        (_Key.PED_LO, left_walk - 2.2, 6.5, 0.7, WALK_MPS, 55, _draw_person),
-        (_Key.PARKED, (PARKING_LINE_X + ROAD_RIGHT_X) / 2, 7.5, 0.5, 0, Z_FAR_M, partial(_draw_car, rear=True)),
-        (_Key.ONCOMING, CENTRE_LINE_X - LANE_M / 2, 40, 0.7, -ONCOMING_MPS, Z_FAR_M, partial(_draw_car, rear=False)),
-    ]
-    items: list[tuple[float, Callable[[], None]]] = []
-    for key, x, cell, density, speed, z_max, draw in rows:
-        for z, rnd in _spots(p, key, cell, density, speed, z_max):
-            items.append((z, partial(draw, p, x, z, rnd)))
-    lead_phase = p.style.phases[2]
-    lead_z = LEAD_Z_M + LEAD_SWING_M * math.sin(2 * math.pi * p.t / LEAD_PERIOD_S + lead_phase)
-    items.append((lead_z, partial(_draw_car, p, 0.0, lead_z, _Rand(p.style.seed, _Key.STYLE, 1), rear=True)))
-    return items
+# Rows of street furniture, people and cars: key, lateral x, cell length, density, speed, farthest, draw.
+_RIGHT_WALK, _LEFT_WALK = ROAD_RIGHT_X + CURB_M, ROAD_LEFT_X - CURB_M
+_STREET_ROWS: tuple[tuple[Any, ...], ...] = (
+    (_Key.TREE_R, _RIGHT_WALK + SIDEWALK_M + 0.6, 14, 0.5, 0, Z_FAR_M, _draw_tree),
+    (_Key.TREE_L, _LEFT_WALK - SIDEWALK_M - 1.4, 9, 0.7, 0, Z_FAR_M, _draw_tree),
+    (_Key.LAMP_R, _RIGHT_WALK + 0.3, 26, 0.9, 0, Z_FAR_M, _draw_lamp),
+    (_Key.LAMP_L, _LEFT_WALK - 0.3, 26, 0.9, 0, Z_FAR_M, _draw_lamp),
+    (_Key.SIGN_R, _RIGHT_WALK + 0.5, 30, 0.7, 0, Z_FAR_M, _draw_sign),
+    (_Key.SIGN_L, _LEFT_WALK - 0.5, 35, 0.6, 0, Z_FAR_M, _draw_sign),
+    (_Key.PED_RI, _RIGHT_WALK + 1.0, 5.5, 0.85, WALK_MPS, 55, _draw_person),
+    (_Key.PED_RO, _RIGHT_WALK + 2.2, 6.5, 0.7, -WALK_MPS, 55, _draw_person),
+    (_Key.PED_LI, _LEFT_WALK - 1.0, 5.5, 0.85, -WALK_MPS, 55, _draw_person),
+    (_Key.PED_LO, _LEFT_WALK - 2.2, 6.5, 0.7, WALK_MPS, 55, _draw_person),
+    (_Key.PARKED, (PARKING_LINE_X + ROAD_RIGHT_X) / 2, 7.5, 0.5, 0, Z_FAR_M, partial(_draw_car, rear=True)),
+    (_Key.ONCOMING, CENTRE_LINE_X - LANE_M / 2, 40, 0.7, -ONCOMING_MPS, Z_FAR_M, partial(_draw_car, rear=False)),
+)
+
+
+def _paint_street(p: _Painter) -> None:
+    """Everything between the buildings and the camera, painted back to front."""
+    items = [(z, partial(draw, p, x, z, rnd)) for key, x, cell, density, speed, z_max, draw in _STREET_ROWS
+             for z, rnd in _spots(p, key, cell, density, speed, z_max)]
+    lead_z = LEAD_Z_M + LEAD_SWING_M * math.sin(2 * math.pi * p.t / LEAD_PERIOD_S + p.style.lead_phase)
+    items.append((lead_z, partial(_draw_car, p, 0.0, lead_z, _Rand(p.style.seed, _Key.LEAD), rear=True)))
+    for _, draw in sorted(items, key=lambda item: -item[0]):
+        draw()
 
 
 def _paint_bonnet(p: _Painter) -> None:
     """The ego car's bonnet: void, as Cityscapes labels the ego vehicle."""
     u = np.linspace(0, p.width, 17)
-    top = p.height * (1 - BONNET_FRAC + BONNET_SAG_FRAC * ((u - p.cx) / p.cx) ** 2)
-    edge = np.stack([u, top], axis=1)
-    body = np.vstack([edge, [[p.width, p.height], [0, p.height]]]).round().astype(np.int32)
-    gloss = np.vstack([edge, (edge + [0, 0.25 * BONNET_FRAC * p.height])[::-1]]).round().astype(np.int32)
+    edge = np.stack([u, p.height * (1 - BONNET_FRAC + BONNET_SAG_FRAC * ((u - p.cx) / p.cx) ** 2)], axis=1)
+    body = np.vstack([edge, [[p.width, p.height], [0, p.height]]])
+    gloss = np.vstack([edge, np.add(edge[::-1], [0, 0.25 * BONNET_FRAC * p.height])])  # highlight on top
     for poly, colour in ((body, p.style.bonnet), (gloss, _scaled(p.style.bonnet, 1.35))):
-        cv2.fillPoly(p.image, [poly], colour, cv2.LINE_8)
-        cv2.fillPoly(p.truth, [poly], int(Category.VOID), cv2.LINE_8)
+        cv2.fillPoly(p.image, [poly.round().astype(np.int32)], colour, cv2.LINE_8)
+        cv2.fillPoly(p.truth, [poly.round().astype(np.int32)], int(Category.VOID), cv2.LINE_8)
 
 
 def check_drive_args(seed: int, width: int, height: int, fps: float) -> None:
     """ValueError naming the first bad argument of a synthetic drive."""
-    for name, value, lo, hi in (("seed", seed, 0, 2**63 - 1), ("width", width, 64, 8192), ("height", height, 32, 8192)):
+    for name, value, lo, hi in (("seed", seed, 0, 2**63 - 1), ("width", width, 64, 8192),
+                                ("height", height, 32, 8192)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
             raise ValueError(f"synthetic drive: {name} must be an integer in [{lo}, {hi}], got {value!r}")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000 or not math.isfinite(fps):
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (0 < fps <= 1000):  # NaN fails too
         raise ValueError(f"synthetic drive: fps must be a number in (0, 1000], got {fps!r}")
 
 
@@ -443,7 +428,7 @@ class SyntheticDrive:
         check_drive_args(seed, width, height, fps)
         self.seed, self.width, self.height, self._fps = int(seed), int(width), int(height), float(fps)
         self._style = _Style(self.seed)
-        # Sensor grain and soft lighting blotches, made once; each frame takes a random window of it.
+        # Sensor grain and soft light patches, made once; each frame takes a random window of them.
         rng = np.random.default_rng((self.seed, self.width, self.height))
         shape = (self.height + GRAIN_PAD, self.width + GRAIN_PAD)
         small = rng.normal(0, BLOTCH_SIGMA, (shape[0] // BLOTCH_CELL_PX + 2, shape[1] // BLOTCH_CELL_PX + 2))
@@ -463,23 +448,20 @@ class SyntheticDrive:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise ValueError(f"synthetic drive: frame index must be a non-negative integer, got {index!r}")
         p = _Painter(self._style, self.width, self.height, index / self._fps)
-        ground_top = min(self.height, max(0, math.floor(p.horizon) + 1))
-        _paint_sky(p, ground_top)
-        _paint_treeline(p, ground_top)
-        _paint_ground(p, ground_top)
+        ground_top = min(self.height, max(0, math.floor(p.horizon) + 1))  # first row wholly below the horizon
+        for paint in (_paint_sky, _paint_treeline, _paint_ground):
+            paint(p, ground_top)
         _paint_buildings(p)
-        for _, draw in sorted(_street_objects(p), key=lambda item: -item[0]):
-            draw()
+        _paint_street(p)
         _paint_bonnet(p)
-        return (self._expose(p.image, index, p.t) if noise else p.image), p.truth
+        return (self._expose(p.image, int(index), p.t) if noise else p.image), p.truth
 
     def _expose(self, image: np.ndarray, index: int, t: float) -> np.ndarray:
-        rng = np.random.default_rng((self.seed, int(index)))
+        rng = np.random.default_rng((self.seed, index))
         dy, dx = rng.integers(0, GRAIN_PAD, 2)
-        gain = 1 + GAIN_SWING * math.sin(2 * math.pi * t / GAIN_PERIOD_S + self._style.phases[3])
+        gain = 1 + GAIN_SWING * math.sin(2 * math.pi * t / GAIN_PERIOD_S + self._style.light_phase)
         lit = cv2.LUT(image, np.clip(np.arange(256) * gain, 0, 255).astype(np.uint8))
-        grain = self._grain[dy : dy + self.height, dx : dx + self.width]
-        return cv2.add(lit, grain, dtype=cv2.CV_8U)
+        return cv2.add(lit, self._grain[dy : dy + self.height, dx : dx + self.width], dtype=cv2.CV_8U)
 
 
 class SyntheticSource(ThreadedReplaySource):
@@ -489,11 +471,11 @@ class SyntheticSource(ThreadedReplaySource):
                  fps: float = 15.0, frames: int | None = None, realtime: bool = False,
                  max_frames: int | None = None, clock: Clock = MONOTONIC) -> None:
         if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 0):
-            raise ValueError(f"synthetic source {spec!r}: frames must be a non-negative integer, got {frames!r}")
+            raise ValueError(f"synthetic source {spec!r}: frames must be an integer >= 0, got {frames!r}")
         self._drive = SyntheticDrive(seed, width, height, fps)
-        super().__init__(source_id, spec, realtime=realtime, fps=float(fps), max_frames=max_frames, clock=clock)
-        self._frames = frames
-        self._index = 0
+        super().__init__(source_id, spec, realtime=realtime, fps=self._drive.fps, max_frames=max_frames,
+                         clock=clock)
+        self._frames, self._index = frames, 0
 
     def _read(self) -> RawFrame | None:
         index = self._index
@@ -503,10 +485,6 @@ class SyntheticSource(ThreadedReplaySource):
         self._index += 1
         return RawFrame(image, truth, name=f"synthetic:{self._drive.seed}#{index}",
                         media_time_s=index / self._drive.fps)
-
-
-SPEC_KEYS = ("seed", "size", "fps", "frames")
-_SPEC_HELP = "valid keys: seed=N, size=WxH, fps=F, frames=N (e.g. synthetic:seed=3,size=640x320,fps=10,frames=100)"
 
 
 def _parse_size(text: str) -> dict[str, int]:
@@ -522,31 +500,30 @@ _SPEC_PARSERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "fps": lambda text: {"fps": float(text)},
     "frames": lambda text: {"frames": int(text)},
 }
+_SPEC_HELP = "valid keys: seed=N, size=WxH, fps=F, frames=N (e.g. synthetic:seed=3,size=640x320,fps=10,frames=100)"
 
 
 def parse_synthetic_spec(spec: str) -> dict[str, Any]:
-    """``synthetic:[seed=N,size=WxH,fps=F,frames=N]`` -> SyntheticSource keyword arguments (defaults filled)."""
+    """``synthetic:[seed=N,size=WxH,fps=F,frames=N]`` -> SyntheticSource keyword arguments, defaults filled."""
     scheme, _, rest = spec.partition(":")
     if scheme.strip() != "synthetic":
         raise ValueError(f"synthetic spec {spec!r}: must start with 'synthetic:'; {_SPEC_HELP}")
     params: dict[str, Any] = {"seed": 0, "width": 512, "height": 256, "fps": 15.0, "frames": None}
     seen: set[str] = set()
-    for item in (part.strip() for part in rest.split(",")):
-        if not item and rest.strip() == "":
-            continue
-        key, eq, value = (s.strip() for s in item.partition("="))
+    for item in rest.split(",") if rest.strip() else ():
+        key, eq, value = (part.strip() for part in item.partition("="))
         if key not in _SPEC_PARSERS or not eq or key in seen:
             problem = "repeated" if key in seen else "unknown or malformed"
-            raise ValueError(f"synthetic spec {spec!r}: {problem} option {item!r}; {_SPEC_HELP}")
+            raise ValueError(f"synthetic spec {spec!r}: {problem} option {item.strip()!r}; {_SPEC_HELP}")
         seen.add(key)
         try:
             params.update(_SPEC_PARSERS[key](value))
         except ValueError:
-            raise ValueError(f"synthetic spec {spec!r}: bad value {item!r}; {_SPEC_HELP}") from None
+            raise ValueError(f"synthetic spec {spec!r}: bad value in {item.strip()!r}; {_SPEC_HELP}") from None
     try:
         check_drive_args(params["seed"], params["width"], params["height"], params["fps"])
+        if params["frames"] is not None and params["frames"] < 0:
+            raise ValueError(f"frames must be >= 0, got {params['frames']}")
     except ValueError as exc:
         raise ValueError(f"synthetic spec {spec!r}: {exc}; {_SPEC_HELP}") from None
-    if params["frames"] is not None and params["frames"] < 0:
-        raise ValueError(f"synthetic spec {spec!r}: frames must be >= 0; {_SPEC_HELP}")
     return params
