@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import signal
@@ -19,6 +20,8 @@ log = logging.getLogger("roadseg")
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_BAD_INPUT = 2
+# Modules that add their own subcommands (models list/pull/import, eval, train).
+PLUGIN_SUBCOMMANDS = ("models.zoo_cli", "models.eval", "models.train")
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900  # one minute at 15 fps: long enough to watch, short enough to end by itself
 
@@ -78,7 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.set_defaults(realtime=True)
     demo.add_argument("--fast", dest="realtime", action="store_false", help="as fast as possible")
+    for module_name in PLUGIN_SUBCOMMANDS:
+        _add_plugin(sub, module_name)
     return parser
+
+
+def _add_plugin(sub: Any, module_name: str) -> None:
+    """Subcommands that live with their code: ``add_subcommand(subparsers)`` registers a
+    parser whose defaults include ``handler(args) -> int``."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return  # not written yet (work in progress)
+    module.add_subcommand(sub)
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -140,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from web_viewer.app import ViewerError
 
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
         config = config_from_args(args)
         return asyncio.run(_run(config, args.summary_json))
     except (SourceError, CheckpointError, PublisherError, ViewerError, SchemaError, ValueError) as exc:

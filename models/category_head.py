@@ -1,0 +1,50 @@
+"""Fold a 19-class Cityscapes (trainId) model into our 8 categories.
+
+Each category's score is the log-sum-exp of its member classes' logits, so the
+folded softmax equals the sum of the members' probabilities: a pixel split 40/35
+between car and truck is confidently "vehicle", which a plain argmax-then-map
+would also give, but the scores stay meaningful for calibration and
+distillation. Void has no member class: it gets a large negative (finite, so
+fp16-safe and never flagged as non-finite) score and is never predicted; a
+static per-camera void mask supplies it where needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.classes import NUM_CLASSES, TRAIN_ID_TO_CATEGORY
+
+NEVER_LOGIT = -1e4  # exp(-1e4) == 0 in every float type; representable in fp16
+
+
+class CategoryFold(nn.Module):
+    """Wraps a model emitting ``len(table)`` trainId logits (extra channels are ignored)."""
+
+    def __init__(self, net: nn.Module, table: tuple[int, ...] = tuple(int(c) for c in TRAIN_ID_TO_CATEGORY)):
+        super().__init__()
+        self.net = net
+        self.num_source_classes = len(table)
+        members = torch.zeros(NUM_CLASSES, len(table), dtype=torch.bool)
+        for source_class, category in enumerate(table):
+            members[category, source_class] = True
+        # Buffers, not parameters: excluded from state_dict so checkpoints hold only the net.
+        self.register_buffer("members", members, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)[:, : self.num_source_classes]
+        return fold_logits(logits, self.members)
+
+
+def fold_logits(logits: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """(B, S, H, W) source logits -> (B, 8, H, W) category logits via log-sum-exp."""
+    out = []
+    for category in range(members.shape[0]):
+        index = members[category].nonzero().flatten()
+        if index.numel() == 0:
+            out.append(torch.full_like(logits[:, :1], NEVER_LOGIT))
+        else:
+            out.append(torch.logsumexp(logits[:, index].float(), dim=1, keepdim=True).to(logits.dtype))
+    return torch.cat(out, dim=1)
+
