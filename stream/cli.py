@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="demo", help="built-in name or checkpoint path")
     run.add_argument("--size", type=_size, metavar="WxH", help="model input size (default: model's own)")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
+    run.add_argument("--void-mask", action="append", default=[], metavar="STREAM=PNG",
+                     help="static void region of one camera (non-zero pixels), e.g. the bonnet")
     _add_common(run)
     demo = sub.add_parser("demo", help="the built-in demo: synthetic drive, demo model, viewer on")
     demo.add_argument("--frames", type=int, default=DEMO_FRAMES,
@@ -108,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         frames = f",frames={args.frames}" if args.frames > 0 else ""
         return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **common)
     return PipelineConfig(sources=tuple(args.source), model=args.model, input_size=args.size,
-                          max_frames=args.max_frames, **common)
+                          max_frames=args.max_frames, void_masks=tuple(args.void_mask), **common)
 
 
 def _backend_factory(config: PipelineConfig) -> Any:

@@ -28,6 +28,7 @@ class PipelineConfig:
     result_depth: int = 16  # results waiting to be published
     live_max_age_ms: float = 500.0  # a live frame older than this at publish is marked invalid
     stats_interval_s: float = 5.0  # periodic one-line status log; 0 disables
+    void_masks: tuple[str, ...] = ()  # STREAM=PATH: static per-camera void regions (bonnet, border)
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -27,6 +27,7 @@ from stream.queues import BoundedQueue, DropPolicy, QueueClosed
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.stages import Encoded, Inferred, encode_result, make_header, validity
 from stream.telemetry import FrameRecord, Telemetry
+from stream.void_mask import parse_void_masks
 from web_viewer.app import ViewerServer
 from web_viewer.hub import ViewerHub
 
@@ -35,8 +36,8 @@ T = TypeVar("T")
 BackendFactory = Callable[[], InferenceBackend]
 
 
-class PipelineError(RuntimeError):
-    """The pipeline could not start or failed while running."""
+class PipelineError(ValueError):
+    """The pipeline cannot start with this configuration; the message says why."""
 
 
 class Pipeline:
@@ -46,6 +47,7 @@ class Pipeline:
         self._backend_factory = backend_factory
         self._clock = clock
         self._encoding = Encoding(config.mask_encoding)
+        self._void_masks = parse_void_masks(config.void_masks)
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
         self._backend: InferenceBackend | None = None
@@ -103,12 +105,15 @@ class Pipeline:
     async def _open_sources(self) -> None:
         options = SourceOptions(realtime=self.config.realtime, max_frames=self.config.max_frames,
                                 clock=self._clock)
-        seen: set[str] = set()
-        for index, text in enumerate(self.config.sources):
-            source_id, spec = split_source_name(text, f"cam{index}")
-            if source_id in seen:
-                raise PipelineError(f"two sources are named {source_id!r}")
-            seen.add(source_id)
+        named = [split_source_name(text, f"cam{i}") for i, text in enumerate(self.config.sources)]
+        ids = [source_id for source_id, _ in named]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise PipelineError(f"several sources are named {duplicates}; name them NAME=SOURCE")
+        unknown = sorted(set(self._void_masks) - set(ids))
+        if unknown:
+            raise PipelineError(f"--void-mask for unknown stream(s) {unknown}; streams: {ids}")
+        for source_id, spec in named:
             self._sources.append(await open_source(source_id, spec, options))
 
     async def _process(self) -> None:
@@ -191,7 +196,8 @@ class Pipeline:
                 item = await self._results.get()
             except QueueClosed:
                 return
-            encoded = await self._in(self._post_pool, encode_result, item, self._encoding)
+            void = self._void_masks.get(item.frame.source_id)
+            encoded = await self._in(self._post_pool, encode_result, item, self._encoding, void)
             self._publish(encoded)
 
     def _publish(self, encoded: Encoded) -> None:

@@ -10,6 +10,7 @@ from decision_bridge.schema import Encoding, IoUReport, MaskHeader, StageTimings
 from models.backends.base import BackendTimings
 from models.metrics import confusion_matrix, per_class_iou
 from stream.frame import Frame
+from stream.void_mask import VoidMask
 
 NS_PER_MS = 1e6
 INVALID_NONFINITE = "nonfinite_logits"
@@ -38,8 +39,10 @@ class Encoded:
     confusion: np.ndarray | None
 
 
-def encode_result(item: Inferred, encoding: Encoding) -> Encoded:
-    """Blocking (runs on the post-processing thread): IoU counts and mask payload."""
+def encode_result(item: Inferred, encoding: Encoding, void: VoidMask | None = None) -> Encoded:
+    """Blocking (runs on the post-processing thread): static void, IoU counts, mask payload."""
+    if void is not None:
+        void.apply(item.mask)
     truth = item.frame.truth
     confusion = confusion_matrix(truth, item.mask) if truth is not None else None
     return Encoded(item, encode_mask(item.mask, encoding), confusion)

@@ -164,3 +164,33 @@ async def test_stream_failing_midway_is_reported_and_others_finish(tmp_path, mon
     assert summary["frames_per_stream"] == {"bad": 1, "good": 5}
     (error,) = summary["errors"]
     assert "bad" in error and "disk went away" in error
+
+
+async def test_static_void_mask_is_applied_to_its_stream_only(tmp_path):
+    void_png = tmp_path / "bonnet.png"
+    bonnet = np.zeros((64, 128), np.uint8)
+    bonnet[48:, :] = 255  # bottom quarter; scaled to each frame size
+    cv2.imwrite(str(void_png), bonnet)
+    cfg = config(sources=("masked=synthetic:frames=2", "plain=synthetic:frames=2"), zmq_wait_subscriber_s=30,
+                 void_masks=(f"masked={void_png}",))
+    async with running(cfg) as (pipeline, task):
+        sub = await subscribe(pipeline, task)
+        try:
+            messages = await receive(sub, 4)
+        finally:
+            sub.close()
+        await asyncio.wait_for(task, 60)
+    by_stream = {m.header.stream_id: m.mask for m in messages if m.header.seq == 1}
+    masked, plain = by_stream["masked"], by_stream["plain"]
+    assert (masked[192:] == 0).all(), "every pixel under the void mask is void"
+    assert np.array_equal(masked[:192], plain[:192]), "pixels outside the mask are untouched"
+    assert (plain[192:] != 0).any()
+
+
+async def test_void_mask_for_unknown_stream_is_rejected(tmp_path):
+    void_png = tmp_path / "v.png"
+    cv2.imwrite(str(void_png), np.zeros((8, 8), np.uint8))
+    cfg = config(sources=("a=synthetic:frames=1",), zmq_wait_subscriber_s=0, void_masks=(f"b={void_png}",))
+    with pytest.raises(ValueError, match="unknown stream"):
+        async with running(cfg) as (_, task):
+            await asyncio.wait_for(task, 60)
