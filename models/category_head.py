@@ -17,12 +17,15 @@ from torch import nn
 from models.classes import NUM_CLASSES, TRAIN_ID_TO_CATEGORY
 
 NEVER_LOGIT = -1e4  # exp(-1e4) == 0 in every float type; representable in fp16
+TRAIN_ID_TABLE: tuple[int, ...] = tuple(int(category) for category in TRAIN_ID_TO_CATEGORY)
 
 
 class CategoryFold(nn.Module):
     """Wraps a model emitting ``len(table)`` trainId logits (extra channels are ignored)."""
 
-    def __init__(self, net: nn.Module, table: tuple[int, ...] = tuple(int(c) for c in TRAIN_ID_TO_CATEGORY)):
+    members: torch.Tensor
+
+    def __init__(self, net: nn.Module, table: tuple[int, ...] = TRAIN_ID_TABLE):
         super().__init__()
         self.net = net
         self.num_source_classes = len(table)

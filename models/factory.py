@@ -13,6 +13,8 @@ import segmentation_models_pytorch as smp
 from torch import nn
 
 from models.classes import NUM_CLASSES
+from models.dabnet import build_dabnet
+from models.espnetv2 import build_espnetv2
 
 # smp architectures by the lower-case name users type.
 SMP_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -58,7 +60,7 @@ def build_smp(arch: str, encoder: str, num_classes: int = NUM_CLASSES, **kwargs:
 
 
 # family -> builder(**arguments). New families (our own real-time nets) register here.
-FAMILIES: dict[str, Callable[..., nn.Module]] = {"smp": build_smp}
+FAMILIES: dict[str, Callable[..., nn.Module]] = {"smp": build_smp, "dabnet": build_dabnet, "espnetv2": build_espnetv2}
 
 
 def build_model(family: str, arguments: Mapping[str, Any]) -> nn.Module:

@@ -46,3 +46,19 @@ def category_iou(cm: np.ndarray) -> float:
 def pixel_accuracy(cm: np.ndarray) -> float:
     total = cm.sum()
     return float(np.trace(cm) / total) if total else float("nan")
+
+
+def dice(cm: np.ndarray) -> np.ndarray:
+    """Dice (F1) per class, ``2 TP / (2 TP + FP + FN)`` = ``2 IoU / (1 + IoU)``;
+    NaN where the class is in neither truth nor prediction."""
+    tp = np.diag(cm).astype(np.float64)
+    total = cm.sum(axis=0) + cm.sum(axis=1)  # 2 TP + FP + FN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2 * tp / total, np.nan)
+
+
+def row_normalized(cm: np.ndarray) -> np.ndarray:
+    """Each truth row divided by its pixel count (recall per cell); rows without pixels are 0."""
+    rows = cm.sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)

@@ -1,14 +1,19 @@
-"""``--model NAME|PATH``: built-in names, checkpoint paths, or an untrained smp spec."""
+"""``--model NAME|PATH``: built-in names, downloaded zoo names (:mod:`models.zoo`), checkpoint
+paths, or an untrained smp spec."""
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import safe_open
 from torch import nn
 
-from models.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint
+from models.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card
 from models.factory import build_model
+from models.zoo import ZOO, cache_dir, cached_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +25,58 @@ UNTRAINED_PREFIX = "smp:"  # smp:ARCH:ENCODER, random weights: for benchmarks on
 
 def load_model(spec: str) -> tuple[nn.Module, ModelCard]:
     """Resolve a model spec to a ready (eval-mode, fp32, CPU) model and its card."""
-    if spec in BUILTIN_MODELS:
-        return load_checkpoint(BUILTIN_MODELS[spec])
     if spec.startswith(UNTRAINED_PREFIX):
         return _untrained(spec)
+    return load_checkpoint(checkpoint_for(spec))
+
+
+def checkpoint_for(spec: str, *, cache: Path | None = None) -> Path:
+    """The checkpoint file of a built-in name, a downloaded zoo name, or a path."""
+    if spec in BUILTIN_MODELS:
+        return BUILTIN_MODELS[spec]
+    if spec in ZOO:
+        path = cached_checkpoint(spec, cache=cache)
+        if path is None:
+            raise CheckpointError(
+                f"model {spec!r} is not downloaded yet: run 'roadseg models pull {spec}' "
+                f"(or 'roadseg models import {spec} --from FILE' offline)"
+            )
+        return path
     path = Path(spec).expanduser()
     if path.suffix == ".safetensors" or path.exists():
-        return load_checkpoint(path)
+        return path
     raise CheckpointError(
-        f"unknown model {spec!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        f"unknown model {spec!r}: not a built-in or zoo name ({', '.join([*BUILTIN_MODELS, *ZOO])}), "
         f"not an existing checkpoint file, and not '{UNTRAINED_PREFIX}ARCH:ENCODER'"
     )
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    name: str
+    kind: str  # "built-in" or "downloadable"
+    cached: bool
+    input_size: tuple[int, int]  # (width, height)
+    summary: str
+    license: str
+
+
+def list_models() -> list[ModelListing]:
+    """Built-in models, then zoo models with whether they are downloaded (cache resolved once)."""
+    listings: list[ModelListing] = []
+    for name, path in BUILTIN_MODELS.items():
+        card = read_card(path)
+        with safe_open(str(path), framework="pt") as handle:
+            params = sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys() if "running_" not in k)  # noqa: SIM118
+        summary = f"{card.family} {card.arguments.get('arch', '')}/{card.arguments.get('encoder', '')}, " \
+                  f"{params / 1e6:.2f} M params"
+        listings.append(ModelListing(name, "built-in", True, card.input.size, summary, "MIT (this project)"))
+    cache = cache_dir()
+    for item in ZOO.values():
+        cached = cached_checkpoint(item.name, cache=cache) is not None
+        listings.append(ModelListing(item.name, "downloadable", cached, item.input_size, item.description,
+                                     item.license))
+    return listings
 
 
 def _untrained(spec: str) -> tuple[nn.Module, ModelCard]:
