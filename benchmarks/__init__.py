@@ -1,0 +1,1 @@
+"""Speed measurements (not tests): ``python -m benchmarks.run``."""
