@@ -1,0 +1,409 @@
+"""``roadseg eval``: score a model against Cityscapes ground truth on the 8 categories.
+
+Frames are decoded by a small thread pool a few frames ahead of the model, run
+through :class:`~models.backends.TorchBackend` in batches, scored at the full
+label resolution and summed into ONE 8x8 confusion matrix; every metric comes
+from that matrix (see :mod:`models.metrics`). Only a few frames are in memory at
+a time, plus the downscaled frames kept for the report panels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from models import metrics
+from models.classes import NUM_CLASSES
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from models.backends import TorchBackend
+    from models.checkpoint import ModelCard
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PANELS = 3
+DEFAULT_DECODE_WORKERS = 2
+PANEL_TILE_MAX_WIDTH = 640  # each of image | truth | prediction is downscaled to at most this width
+TIMING_KEYS = ("decode_wait", "preprocess", "inference", "postprocess", "scoring")
+
+
+@dataclass(frozen=True)
+class PanelSample:
+    """One frame kept (downscaled) for an ``image | truth | prediction`` panel."""
+
+    name: str  # the frame's stem, e.g. frankfurt_000000_000294
+    image: np.ndarray  # RGB uint8, downscaled
+    truth: np.ndarray  # categories, downscaled with nearest neighbour
+    prediction: np.ndarray  # categories, downscaled with nearest neighbour
+    mean_iou: float  # of this frame alone
+    pixel_accuracy: float
+
+
+@dataclass
+class EvalResult:
+    """Everything one evaluation measured; the metrics are derived from ``confusion``."""
+
+    model_spec: str
+    model_id: str
+    card_input_size: tuple[int, int]  # (width, height) the model card declares
+    input_size: tuple[int, int]  # (width, height) the model actually ran at
+    device: str
+    precision: str
+    root: str
+    split: str
+    city: str | None
+    frames: int
+    batch: int
+    confusion: np.ndarray  # int64 [truth, prediction] pixel counts, summed over all frames
+    elapsed_s: float  # first decode to last score (model load and warm-up excluded)
+    timing_ms: dict[str, float]  # mean ms per image for each of TIMING_KEYS
+    per_frame: list[dict[str, Any]] = field(default_factory=list)  # name, mean_iou, pixel_accuracy
+    invalid_frames: list[str] = field(default_factory=list)  # frames whose logits were not finite
+    samples: list[PanelSample] = field(default_factory=list)
+    # Derived in __post_init__:
+    per_class_iou: np.ndarray = field(init=False)
+    dice: np.ndarray = field(init=False)
+    mean_iou: float = field(init=False)  # 8 classes, void counted as a class
+    category_iou: float = field(init=False)  # official Cityscapes category IoU: void truth ignored
+    pixel_accuracy: float = field(init=False)
+    confusion_normalized: np.ndarray = field(init=False)  # rows sum to 1 (0 for absent truth classes)
+    images_per_s: float = field(init=False)
+    ms_per_image: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        cm = self.confusion
+        self.per_class_iou = metrics.per_class_iou(cm)
+        self.dice = metrics.dice(cm)
+        self.mean_iou = metrics.mean_iou(cm)
+        self.category_iou = metrics.category_iou(cm)
+        self.pixel_accuracy = metrics.pixel_accuracy(cm)
+        self.confusion_normalized = metrics.row_normalized(cm)
+        self.images_per_s = self.frames / self.elapsed_s if self.elapsed_s > 0 else float("nan")
+        self.ms_per_image = 1000.0 * self.elapsed_s / self.frames if self.frames else float("nan")
+
+
+class _Decoded(NamedTuple):
+    position: int  # in the frame list
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+
+
+def finite_or_none(value: float) -> float | None:
+    """A JSON-safe number: NaN/inf become None (null)."""
+    return round(float(value), 6) if np.isfinite(value) else None
+
+
+def list_frames(root: Path, split: str, city: str | None, limit: int | None = None) -> list[tuple[Path, Path]]:
+    """``(image, labelIds)`` pairs of a Cityscapes split, sorted; SourceError names what is missing."""
+    from stream.sources.base import SourceError
+    from stream.sources.files import (
+        CITYSCAPES_IMAGE_SUFFIX,
+        CITYSCAPES_TRUTH_SUFFIX,
+        cityscapes_lister,
+        cityscapes_truth_for,
+    )
+
+    if not root.is_dir():
+        raise SourceError(f"cityscapes root {root}: no such folder")
+    images = cityscapes_lister(root, split, city)()
+    if not images:
+        where = root / "leftImg8bit" / split / (city or "*")
+        raise SourceError(f"cityscapes {root}: no *{CITYSCAPES_IMAGE_SUFFIX} frames in {where}")
+    if limit is not None:
+        images = images[:limit]
+    truth_for = cityscapes_truth_for(root, split)
+    pairs = []
+    for image in images:
+        truth = truth_for(image)
+        if truth is None:
+            stem = image.name[: -len(CITYSCAPES_IMAGE_SUFFIX)]
+            expected = root / "gtFine" / split / image.parent.name / f"{stem}{CITYSCAPES_TRUTH_SUFFIX}"
+            raise SourceError(
+                f"cityscapes {root}: frame {image} has no ground truth (expected {expected}); "
+                "eval needs gtFine labelIds for every frame"
+            )
+        pairs.append((image, truth))
+    return pairs
+
+
+def check_input_size(size: tuple[int, int], card: ModelCard) -> None:
+    """ValueError explaining the divisor rule when ``size`` cannot be fed to the model."""
+    width, height = size
+    divisor = card.input.divisor
+    if width > 0 and height > 0 and width % divisor == 0 and height % divisor == 0:
+        return
+    near_w, near_h = (max(divisor, round(v / divisor) * divisor) for v in (width, height))
+    native_w, native_h = card.input.size
+    raise ValueError(
+        f"--size {width}x{height}: model {card.model_id} needs a width and height that are positive "
+        f"multiples of {divisor} (its feature maps are downsampled {divisor}x); nearest valid size "
+        f"{near_w}x{near_h}, native size {native_w}x{native_h}"
+    )
+
+
+def _make_backend(
+    model_spec: str,
+    loaded: tuple[nn.Module, ModelCard] | None,
+    size: tuple[int, int] | None,
+    device: str,
+    precision: str,
+) -> TorchBackend:
+    from models.backends import TorchBackend
+    from models.registry import load_model
+
+    model, card = loaded if loaded is not None else load_model(model_spec)
+    if size is not None:
+        check_input_size(size, card)
+    return TorchBackend(model, card, device=device, precision=precision, input_size=size)
+
+
+def _decode(index: int, image_path: Path, truth_path: Path) -> _Decoded:
+    from stream.sources.files import CITYSCAPES_IMAGE_SUFFIX, read_cityscapes_truth, read_rgb
+
+    image = read_rgb(image_path)
+    truth = read_cityscapes_truth(truth_path, image.shape[:2])
+    return _Decoded(index, image_path.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX), image, truth)
+
+
+def _spread(count: int, picks: int) -> set[int]:
+    """``picks`` frame indices spread evenly over ``count`` frames (first and last included)."""
+    if picks <= 0 or count <= 0:
+        return set()
+    return set(np.linspace(0, count - 1, min(picks, count)).round().astype(int).tolist())
+
+
+def _sample(item: _Decoded, prediction: np.ndarray, frame_cm: np.ndarray) -> PanelSample:
+    import cv2
+
+    height, width = item.truth.shape
+    tile_w = min(width, PANEL_TILE_MAX_WIDTH)
+    tile_h = max(1, round(height * tile_w / width))
+    size = (tile_w, tile_h)
+    return PanelSample(
+        name=item.name,
+        image=cv2.resize(item.image, size, interpolation=cv2.INTER_AREA),
+        truth=cv2.resize(item.truth, size, interpolation=cv2.INTER_NEAREST),
+        prediction=cv2.resize(prediction, size, interpolation=cv2.INTER_NEAREST),
+        mean_iou=metrics.mean_iou(frame_cm),
+        pixel_accuracy=metrics.pixel_accuracy(frame_cm),
+    )
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    bar: Any = None
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # progress is a nicety, not a reason to fail
+            tqdm = None
+        if tqdm is not None:
+            # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
+            bar = tqdm(total=total, desc="eval", unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def evaluate(
+    model_spec: str,
+    root: Path,
+    *,
+    split: str = "val",
+    city: str | None = None,
+    size: tuple[int, int] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+    panels: int = DEFAULT_PANELS,
+    loaded: tuple[nn.Module, ModelCard] | None = None,
+    decode_workers: int = DEFAULT_DECODE_WORKERS,
+) -> EvalResult:
+    """Score ``model_spec`` (or an already ``loaded`` (model, card), e.g. during training, in
+    which case ``model_spec`` is only a label) on a Cityscapes split.
+
+    ``size`` is the model input (width, height), default the card's; masks are always
+    scored at the label resolution. ``panels`` frames, spread over the split, are kept
+    downscaled for :func:`models.eval_report.write_report`.
+    """
+    from stream.sources.base import FrameDecodeError, SourceError
+
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    root = Path(root)
+    frames = list_frames(root, split, city, limit)
+    backend = _make_backend(model_spec, loaded, size, device, precision)
+    height, width = backend.input_hw
+    log.info("eval %s on %s (%s), input %dx%d, %d frames of %s/%s%s, batch %d", backend.model_id,
+             backend.device, backend.precision, width, height, len(frames), root, split,
+             f"/{city}" if city else "", batch)
+    backend.warmup((batch,))
+
+    keep = _spread(len(frames), panels)
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    totals_ns = dict.fromkeys(TIMING_KEYS, 0)
+    per_frame: list[dict[str, Any]] = []
+    invalid: list[str] = []
+    samples: list[PanelSample] = []
+    depth = batch + 2 * decode_workers  # frames decoded ahead: bounds memory
+    todo = iter(enumerate(frames))
+    pending: deque[Future[_Decoded]] = deque()
+    pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="roadseg-eval-decode")
+
+    def top_up() -> None:
+        while len(pending) < depth:
+            nxt = next(todo, None)
+            if nxt is None:
+                return
+            index, (image_path, truth_path) = nxt
+            pending.append(pool.submit(_decode, index, image_path, truth_path))
+
+    try:
+        with _progress_bar(len(frames), progress) as bar:
+            start = time.monotonic_ns()
+            top_up()
+            while pending:
+                chunk: list[_Decoded] = []
+                while pending and len(chunk) < batch:
+                    wait_start = time.monotonic_ns()
+                    try:
+                        chunk.append(pending.popleft().result())
+                    except FrameDecodeError as exc:
+                        raise SourceError(f"eval cannot read {exc}") from exc
+                    totals_ns["decode_wait"] += time.monotonic_ns() - wait_start
+                    top_up()
+                out = backend.infer([item.image for item in chunk])
+                for key in ("preprocess", "inference", "postprocess"):
+                    totals_ns[key] += round(getattr(out.timings, f"{key}_ms") * 1e6)
+                score_start = time.monotonic_ns()
+                for item, mask, valid in zip(chunk, out.masks, out.valid, strict=True):
+                    frame_cm = metrics.confusion_matrix(item.truth, mask)
+                    cm += frame_cm
+                    per_frame.append({"name": item.name, "mean_iou": finite_or_none(metrics.mean_iou(frame_cm)),
+                                      "pixel_accuracy": finite_or_none(metrics.pixel_accuracy(frame_cm))})
+                    if not valid:
+                        invalid.append(item.name)
+                        log.warning("frame %s: the model produced non-finite logits", item.name)
+                    if item.position in keep:
+                        samples.append(_sample(item, mask, frame_cm))
+                totals_ns["scoring"] += time.monotonic_ns() - score_start
+                if bar is not None:
+                    bar.update(len(chunk))
+            elapsed_s = (time.monotonic_ns() - start) / 1e9
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    count = len(frames)
+    return EvalResult(
+        model_spec=model_spec,
+        model_id=backend.model_id,
+        card_input_size=(int(backend.card.input.size[0]), int(backend.card.input.size[1])),
+        input_size=(width, height),
+        device=backend.device,
+        precision=backend.precision,
+        root=str(root),
+        split=split,
+        city=city,
+        frames=count,
+        batch=batch,
+        confusion=cm,
+        elapsed_s=elapsed_s,
+        timing_ms={k: v / 1e6 / count for k, v in totals_ns.items()},
+        per_frame=per_frame,
+        invalid_frames=invalid,
+        samples=samples,
+    )
+
+
+def default_out_dir(model_spec: str, split: str, now: datetime | None = None) -> Path:
+    """``runs/eval-<model>-<split>-<timestamp>`` (a checkpoint path contributes its file stem)."""
+    name = Path(model_spec).stem if ("/" in model_spec or model_spec.endswith(".safetensors")) else model_spec
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"eval-{name}-{split}-{stamp}"
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return width, height
+
+
+def _count_arg(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_subcommand(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval", help="score a model on Cityscapes ground truth (IoU, Dice, confusion)",
+        description="Score a model on a Cityscapes split: per-category IoU and Dice, mean IoU (void as a "
+                    "class), Cityscapes category IoU (void ignored), pixel accuracy, confusion matrix, speed.")
+    p.add_argument("--model", required=True, help="built-in name, checkpoint path or smp:ARCH:ENC")
+    p.add_argument("--cityscapes", required=True, type=Path, metavar="ROOT",
+                   help="dataset root holding leftImg8bit/ and gtFine/")
+    p.add_argument("--split", default="val", help="split folder (default val)")
+    p.add_argument("--city", help="only this city")
+    p.add_argument("--size", type=_size_arg, metavar="WxH", help="model input size (default: the model's own)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--batch", type=_count_arg(1), default=1, metavar="N", help="frames per inference batch")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="report folder (default runs/eval-<model>-<split>-<timestamp>)")
+    p.add_argument("--panels", type=_count_arg(0), default=DEFAULT_PANELS, metavar="N",
+                   help=f"image|truth|prediction PNGs to write (default {DEFAULT_PANELS})")
+    p.add_argument("--limit", type=_count_arg(1), metavar="N", help="only the first N frames")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from models.eval_report import format_table, write_report
+
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    result = evaluate(args.model, args.cityscapes, split=args.split, city=args.city, size=args.size,
+                      device=args.device, precision=args.precision, batch=args.batch, limit=args.limit,
+                      progress=True, panels=args.panels)
+    out_dir = args.out or default_out_dir(args.model, args.split)
+    try:
+        write_report(result, out_dir, panels=args.panels)
+    except OSError as exc:
+        raise ValueError(f"cannot write the report to {out_dir}: {exc}") from exc
+    print(format_table(result, out_dir), flush=True)
+    return 0
