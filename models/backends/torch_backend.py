@@ -75,7 +75,10 @@ class TorchBackend:
         device: str = "auto",
         precision: str = "auto",
         input_size: tuple[int, int] | None = None,
+        options: dict[str, object] | None = None,
     ) -> None:
+        if options:
+            raise ValueError(f"torch backend takes no options, got {sorted(options)}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model_id = card.model_id

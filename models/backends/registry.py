@@ -1,0 +1,66 @@
+"""String-keyed backend factory: ``--backend NAME`` -> an :class:`InferenceBackend`.
+
+Every backend class takes the same arguments, ``(model, card, *, device, precision,
+input_size, options)``, and is imported only when chosen, so a machine without
+onnxruntime or TensorRT can still run the torch backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from models.backends.base import InferenceBackend
+from models.checkpoint import ModelCard
+
+BACKENDS: dict[str, str] = {
+    "torch": "models.backends.torch_backend:TorchBackend",
+    "torch-cudagraph": "models.backends.torch_cuda:CudaGraphBackend",
+    "onnxruntime": "models.backends.onnx_backend:OnnxRuntimeBackend",
+    "tensorrt": "models.backends.tensorrt_backend:TensorRTBackend",
+}
+
+
+class BackendError(ValueError):
+    """An unknown backend, or one that cannot run here; the message says why."""
+
+
+def create_backend(
+    name: str,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    input_size: tuple[int, int] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> InferenceBackend:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendError(f"backend {name!r} is not available here: {exc}") from exc
+    backend_class = getattr(module, class_name)
+    backend: InferenceBackend = backend_class(
+        model, card, device=device, precision=precision, input_size=input_size, options=dict(options or {})
+    )
+    return backend
+
+
+def model_fingerprint(model: nn.Module, card: ModelCard, input_size: tuple[int, int]) -> str:
+    """Identifies exported artifacts (ONNX files, TensorRT engines) for cache lookups:
+    the weights, the model card and the input size."""
+    digest = hashlib.sha256()
+    digest.update(card.to_json().encode())
+    digest.update(json.dumps(list(input_size)).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
