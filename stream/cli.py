@@ -50,6 +50,10 @@ def _zmq(text: str) -> str | None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from models.backends.registry import BACKENDS
+
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS),
+                   help="inference backend (default torch; onnxruntime/tensorrt need their packages)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--zmq", type=_zmq, default=DEFAULT_ZMQ_ADDRESS, metavar="ADDR|off",
@@ -102,7 +106,7 @@ def _add_plugin(sub: Any, module_name: str) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     common: dict[str, Any] = dict(
-        device=args.device, precision=args.precision, zmq_address=args.zmq,
+        backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
         zmq_wait_subscriber_s=args.zmq_wait, viewer=args.viewer, realtime=args.realtime,
         batch=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
     )
@@ -115,14 +119,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def _backend_factory(config: PipelineConfig) -> Any:
     def make() -> Any:
-        from models.backends import TorchBackend
+        from models.backends.registry import create_backend
         from models.registry import load_model
 
         model, card = load_model(config.model)
-        backend = TorchBackend(model, card, device=config.device, precision=config.precision,
-                               input_size=config.input_size)
-        log.info("model %s on %s (%s), input %dx%d", card.model_id, backend.device, backend.precision,
-                 backend.input_hw[1], backend.input_hw[0])
+        backend = create_backend(config.backend, model, card, device=config.device,
+                                 precision=config.precision, input_size=config.input_size)
+        log.info("model %s: %s backend on %s (%s)", card.model_id, backend.name, backend.device,
+                 backend.precision)
         return backend
 
     return make

@@ -14,6 +14,7 @@ DEFAULT_VIEWER = ("127.0.0.1", 8080)
 class PipelineConfig:
     sources: tuple[str, ...]
     model: str = "demo"
+    backend: str = "torch"  # models.backends.registry.BACKENDS
     device: str = "auto"
     precision: str = "auto"
     input_size: tuple[int, int] | None = None  # (width, height); None: the model's native size
@@ -28,6 +29,7 @@ class PipelineConfig:
     result_depth: int = 16  # results waiting to be published
     live_max_age_ms: float = 500.0  # a live frame older than this at publish is marked invalid
     stats_interval_s: float = 5.0  # periodic one-line status log; 0 disables
+    decode_threads: int = 0  # shared decode pool; 0: one per CPU core
     void_masks: tuple[str, ...] = ()  # STREAM=PATH: static per-camera void regions (bonnet, border)
 
     def __post_init__(self) -> None:

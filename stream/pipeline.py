@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ class Pipeline:
         self._void_masks = parse_void_masks(config.void_masks)
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
+        self._decode_pool = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1,
+                                               thread_name_prefix="decode")
         self._backend: InferenceBackend | None = None
         self._sources: list[FrameSource] = []
         self._queues: list[BoundedQueue[Frame]] = []
@@ -104,7 +107,7 @@ class Pipeline:
 
     async def _open_sources(self) -> None:
         options = SourceOptions(realtime=self.config.realtime, max_frames=self.config.max_frames,
-                                clock=self._clock)
+                                clock=self._clock, executor=self._decode_pool)
         named = [split_source_name(text, f"cam{i}") for i, text in enumerate(self.config.sources)]
         ids = [source_id for source_id, _ in named]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -154,6 +157,7 @@ class Pipeline:
             self._publisher.close()
         self._infer_pool.shutdown(wait=True)
         self._post_pool.shutdown(wait=True)
+        self._decode_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ stages
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from decision_bridge.schema import MaskMessage
 from decision_bridge.subscriber import MaskSubscriber
-from models.backends import TorchBackend
+from models.backends.registry import create_backend
 from models.registry import load_model
 from stream.config import PipelineConfig
 from stream.pipeline import Pipeline
@@ -19,8 +19,8 @@ LOOPBACK_ANY = "tcp://127.0.0.1:0"
 def torch_factory(config: PipelineConfig):
     def make():
         model, card = load_model(config.model)
-        return TorchBackend(model, card, device="cpu", precision=config.precision,
-                            input_size=config.input_size)
+        return create_backend(config.backend, model, card, device="cpu", precision=config.precision,
+                              input_size=config.input_size)
 
     return make
 

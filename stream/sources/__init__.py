@@ -10,6 +10,7 @@ Accepted forms (optionally prefixed with ``NAME=`` to name the stream):
 from __future__ import annotations
 
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class SourceOptions:
     realtime: bool = False
     max_frames: int | None = None
     clock: Clock = MONOTONIC
+    executor: Executor | None = None  # shared decode pool; None: one thread per source
 
 
 def split_source_name(spec: str, default_id: str) -> tuple[str, str]:
@@ -61,7 +63,8 @@ def split_source_name(spec: str, default_id: str) -> tuple[str, str]:
 
 
 def _build(source_id: str, spec: str, options: SourceOptions) -> ThreadedReplaySource:
-    common = {"realtime": options.realtime, "max_frames": options.max_frames, "clock": options.clock}
+    common = {"realtime": options.realtime, "max_frames": options.max_frames, "clock": options.clock,
+              "executor": options.executor}
     if spec.startswith("synthetic:"):
         from stream.sources.synthetic import SyntheticSource, parse_synthetic_spec
 

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,9 +70,12 @@ class FrameSource(ABC):
 
 
 class ThreadedReplaySource(FrameSource):
-    """A recorded source: each ``recv()`` decodes one frame on a dedicated thread.
+    """A recorded source: each ``recv()`` decodes one frame on a worker thread.
 
-    Reading only when pulled gives replay its back-pressure for free; with
+    The thread comes from ``executor`` (the pipeline's decode pool, sized to the
+    machine and shared by all sources) or from a private one-thread pool. One read
+    is in flight per source at a time, so readers need no locks and frames stay in
+    order. Reading only when pulled gives replay its back-pressure for free; with
     ``realtime`` frames are released at the recorded rate instead of as fast as
     possible.
     """
@@ -85,6 +89,7 @@ class ThreadedReplaySource(FrameSource):
         fps: float | None = None,
         max_frames: int | None = None,
         clock: Clock = MONOTONIC,
+        executor: Executor | None = None,
     ) -> None:
         super().__init__(source_id, spec)
         self._realtime = realtime
@@ -94,7 +99,9 @@ class ThreadedReplaySource(FrameSource):
         self._seq = 0
         self._start_ns: int | None = None
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"src-{source_id}")
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"src-{source_id}")
+        self._in_flight: Future[RawFrame | None] | None = None
 
     @property
     def nominal_fps(self) -> float | None:
@@ -120,10 +127,10 @@ class ThreadedReplaySource(FrameSource):
     async def recv(self) -> Frame:
         if self._closed or (self._max_frames is not None and self._seq >= self._max_frames):
             raise EndOfStream(self.source_id)
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                raw = await loop.run_in_executor(self._executor, self._read)
+                self._in_flight = self._executor.submit(self._read)
+                raw = await asyncio.wrap_future(self._in_flight)
             except FrameDecodeError as exc:
                 self.drops["decode_error"] += 1
                 log.error("source %s: skipping unreadable frame %s", self.source_id, exc)
@@ -158,6 +165,11 @@ class ThreadedReplaySource(FrameSource):
         if self._closed:
             return
         self._closed = True
-        # Wait for an in-flight read before releasing the decoder it uses.
+        # A read cancelled by stop() keeps running on its thread: let it finish
+        # before the decoder it uses is released.
+        if self._in_flight is not None and not self._in_flight.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._in_flight)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
