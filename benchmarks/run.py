@@ -68,7 +68,7 @@ def machine_info() -> dict[str, Any]:
 def video_frames(count: int) -> list[np.ndarray]:
     """The first frames of the video the pipeline runs replay, so both measure the same input."""
     capture = cv2.VideoCapture(str(VIDEO))
-    frames = []
+    frames: list[np.ndarray] = []
     while len(frames) < count:
         ok, bgr = capture.read()
         if not ok:
