@@ -11,12 +11,13 @@ import hashlib
 import importlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported only when a backend is created
+    from torch import nn
 
-from models.backends.base import InferenceBackend
-from models.checkpoint import ModelCard
+    from models.backends.base import InferenceBackend
+    from models.checkpoint import ModelCard
 
 BACKENDS: dict[str, str] = {
     "torch": "models.backends.torch_backend:TorchBackend",
