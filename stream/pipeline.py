@@ -56,6 +56,7 @@ class Pipeline:
         self._backend: InferenceBackend | None = None
         self._sources: list[FrameSource] = []
         self._queues: list[BoundedQueue[Frame]] = []
+        self._streams: dict[str, tuple[FrameSource, BoundedQueue[Frame]]] = {}  # by stream id
         self._results: BoundedQueue[Inferred] = BoundedQueue("results", config.result_depth, DropPolicy.BLOCK)
         self._publisher: MaskPublisher | None = None
         self._hub: ViewerHub | None = None
@@ -126,6 +127,7 @@ class Pipeline:
             policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.BLOCK
             queue: BoundedQueue[Frame] = BoundedQueue(f"{source.source_id}.frames", depth, policy, notify=notify)
             self._queues.append(queue)
+            self._streams[source.source_id] = (source, queue)
             self._pumps.append(asyncio.create_task(self._pump(source, queue), name=f"pump-{source.source_id}"))
         batcher = Batcher(self._queues, notify, self.config.batch, self._clock)
         workers = [
@@ -207,7 +209,7 @@ class Pipeline:
     def _publish(self, encoded: Encoded) -> None:
         assert self._backend is not None
         item, frame = encoded.item, encoded.item.frame
-        source = self._source(frame.source_id)
+        source, queue = self._streams[frame.source_id]
         now_ns = self._clock.now_ns()
         header = make_header(
             encoded,
@@ -216,7 +218,7 @@ class Pipeline:
             publish_ns=now_ns,
             publish_wall_ns=self._clock.wall_ns(),
             invalid_reason=validity(item, now_ns, source.live, self.config.live_max_age_ms),
-            dropped_before=self._new_drops(source),
+            dropped_before=self._new_drops(source, queue),
         )
         if self._publisher:
             self._publisher.send(encode(header, encoded.payload))
@@ -244,12 +246,8 @@ class Pipeline:
             info["miou"] = round(header.iou.mean, 3)
         return info
 
-    def _source(self, source_id: str) -> FrameSource:
-        return next(s for s in self._sources if s.source_id == source_id)
-
-    def _new_drops(self, source: FrameSource) -> int:
+    def _new_drops(self, source: FrameSource, queue: BoundedQueue[Frame]) -> int:
         """Frames of this stream dropped (any cause) since its previous message."""
-        queue = self._queues[self._sources.index(source)]
         total = sum(source.drops.values()) + sum(queue.drops.values())
         new = total - self._drops_seen.get(source.source_id, 0)
         self._drops_seen[source.source_id] = total
