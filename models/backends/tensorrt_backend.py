@@ -1,0 +1,292 @@
+"""TensorRT backend: runs an engine built by ``roadseg export --format tensorrt``.
+
+Engines are looked up in the cache by model fingerprint, GPU, TensorRT version
+and precision (:mod:`models.tensorrt_build`), or given as
+``options["engine_path"]``; a missing engine is an error, never a build on the
+first frame. Frames are uploaded from pinned memory, resized to the model
+resolution on the GPU (uint8 NHWC, what the exported graph takes), run with
+``execute_async_v3`` on a torch CUDA stream, and the logits are upsampled to
+each frame's size and argmaxed on the GPU like the torch backend does.
+
+Options: ``engine_path`` (use this engine file), ``max_batch`` (pick the cached
+engine built for this batch; default: the largest), ``cache_dir`` (default:
+:func:`models.zoo.cache_dir`), ``model_name`` (the ``--model`` spelling used in
+the "build it with" hint; default: the card's model id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backends.base import BackendTimings, BatchOutput
+from models.backends.registry import BackendError, model_fingerprint
+from models.backends.torch_backend import _group_by_shape, _ms_since
+from models.checkpoint import ModelCard
+from models.tensorrt_build import (
+    TensorRTError,
+    build_hint,
+    cuda_gpu_name,
+    find_engines,
+    import_tensorrt,
+    missing_engine_message,
+    resize_nhwc_uint8,
+    trt_logger,
+    trt_version,
+)
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+OPTIONS = ("engine_path", "max_batch", "cache_dir", "model_name")
+_LOGITS_NAMES = ("logits", "scores")
+_MASK_NAMES = ("masks", "mask", "labels")
+
+
+def _torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.UINT8: torch.uint8,
+        trt.DataType.BOOL: torch.bool,
+    }
+    for name, torch_type in (("INT64", torch.int64), ("BF16", torch.bfloat16)):
+        if hasattr(trt.DataType, name):
+            table[getattr(trt.DataType, name)] = torch_type
+    if dtype not in table:
+        raise BackendError(f"TensorRT engine tensor type {dtype} is not supported by the tensorrt backend")
+    return table[dtype]
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        input_size: tuple[int, int] | None = None,
+        options: dict[str, object] | None = None,
+    ) -> None:
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise BackendError(f"tensorrt backend: unknown options {unknown}; valid: {', '.join(OPTIONS)}")
+        if device not in ("auto", "cuda"):
+            raise BackendError(f"tensorrt backend runs on a CUDA GPU; device must be auto or cuda, got {device!r}")
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r} for tensorrt; valid: {', '.join(PRECISIONS)}")
+        self.device = "cuda"
+        self.precision = "fp16" if precision == "auto" else precision
+        self.model_id = card.model_id
+        self.card = card
+        width, height = input_size or card.input.size
+        if width % card.input.divisor or height % card.input.divisor:
+            raise BackendError(f"input size {width}x{height} must be a multiple of {card.input.divisor}")
+        self.input_hw = (height, width)
+        try:
+            self._trt = trt = import_tensorrt()
+            gpu = cuda_gpu_name()
+        except TensorRTError as exc:
+            raise BackendError(str(exc)) from exc
+        path = self._engine_file(model, card, options, gpu, (width, height))
+        self.engine_path = path
+        self._device = torch.device("cuda", torch.cuda.current_device())
+        self._runtime = trt.Runtime(trt_logger(trt))
+        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise BackendError(
+                f"TensorRT could not load {path} (built by another TensorRT version or for another GPU, or "
+                f"corrupt; its log above says which): delete it and "
+                f"{build_hint(self._hint_name(card, options), self.precision)}"
+            )
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {path} (out of GPU memory?)")
+        self._bind(path)
+        self._stream = torch.cuda.Stream(device=self._device)
+        self._lock = threading.Lock()
+
+    # --- construction -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _hint_name(card: ModelCard, options: dict[str, object]) -> str:
+        return str(options.get("model_name") or card.model_id)
+
+    def _engine_file(
+        self, model: nn.Module, card: ModelCard, options: dict[str, object], gpu: str, size: tuple[int, int]
+    ) -> Path:
+        explicit = options.get("engine_path")
+        if explicit:
+            path = Path(str(explicit)).expanduser()
+            if not path.is_file():
+                raise BackendError(f"TensorRT engine {path}: no such file")
+            return path
+        if options.get("cache_dir"):
+            cache = Path(str(options["cache_dir"])).expanduser()
+        else:
+            from models.zoo import cache_dir
+
+            cache = cache_dir()
+        fingerprint = model_fingerprint(model, card, size)
+        engines = find_engines(cache, fingerprint, gpu, trt_version(self._trt), self.precision)
+        wanted = options.get("max_batch")
+        if wanted is not None:
+            engines = {b: p for b, p in engines.items() if b == int(str(wanted))}
+        if not engines:
+            raise BackendError(missing_engine_message(self._hint_name(card, options), size, self.precision))
+        batch = max(engines)
+        log.info("tensorrt backend: engine %s", engines[batch])
+        return engines[batch]
+
+    def _bind(self, path: Path) -> None:
+        """Check the engine's I/O against what this backend feeds it and allocate device buffers."""
+        trt, engine, context = self._trt, self._engine, self._context
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or not outputs:
+            raise BackendError(
+                f"{path}: expected one image input and an output, found inputs {inputs}, outputs {outputs}"
+            )
+        self._input_name = name = inputs[0]
+        if engine.get_tensor_dtype(name) != trt.DataType.UINT8:
+            raise BackendError(f"{path}: input {name!r} is {engine.get_tensor_dtype(name)}, expected uint8 RGB NHWC")
+        shape = tuple(engine.get_tensor_shape(name))
+        height, width = self.input_hw
+        if len(shape) != 4 or shape[3] != 3 or tuple(shape[1:3]) != (height, width):
+            raise BackendError(
+                f"{path}: input {name!r} has shape {list(shape)}, expected (batch, {height}, {width}, 3); "
+                "the engine was built for another input size"
+            )
+        if shape[0] == -1:
+            _, _, largest = engine.get_tensor_profile_shape(name, 0)  # (min, opt, max) of profile 0
+            self.max_batch = int(largest[0])
+        else:
+            self.max_batch = int(shape[0])
+        self._input = torch.empty((self.max_batch, height, width, 3), dtype=torch.uint8, device=self._device)
+        if not context.set_input_shape(name, tuple(self._input.shape)):
+            raise BackendError(f"{path}: TensorRT refused input shape {tuple(self._input.shape)}")
+        context.set_tensor_address(name, self._input.data_ptr())
+
+        self._outputs: dict[str, torch.Tensor] = {}
+        for out in outputs:
+            out_shape = tuple(context.get_tensor_shape(out))
+            if any(d < 0 for d in out_shape):
+                raise BackendError(f"{path}: output {out!r} has unresolved shape {list(out_shape)}")
+            buffer = torch.empty(out_shape, dtype=_torch_dtype(trt, engine.get_tensor_dtype(out)), device=self._device)
+            context.set_tensor_address(out, buffer.data_ptr())
+            self._outputs[out] = buffer
+        self._output_name = self._pick_output(outputs)
+        result = self._outputs[self._output_name]
+        self._logits = result.is_floating_point()
+        what = f"{path}: output {self._output_name!r} has shape {list(result.shape)}"
+        if self._logits and result.dim() != 4:
+            raise BackendError(f"{what}; expected NCHW logits")
+        if not self._logits and (result.dim() not in (3, 4) or (result.dim() == 4 and result.shape[1] != 1)):
+            raise BackendError(f"{what}; expected NHW masks")
+
+    def _pick_output(self, outputs: list[str]) -> str:
+        for preferred in (*_LOGITS_NAMES, *_MASK_NAMES):
+            if preferred in outputs:
+                return preferred
+        floats = [n for n in outputs if self._outputs[n].is_floating_point()]
+        return (floats or outputs)[0]
+
+    # --- inference ----------------------------------------------------------------------------------------------
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        height, width = self.input_hw
+        for batch in batch_sizes:
+            self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
+
+    def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
+        masks: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
+        valid = [True] * len(images)
+        timings = [0.0, 0.0, 0.0]
+        # Same-sized frames next to each other: one upload and one resize per size.
+        order = [i for _, indices in _group_by_shape(images) for i in indices]
+        with self._lock, torch.inference_mode(), torch.cuda.device(self._device), torch.cuda.stream(self._stream):
+            for start in range(0, len(order), self.max_batch):
+                chunk = order[start : start + self.max_batch]
+                self._run_chunk(images, chunk, masks, valid, timings)
+        return BatchOutput(masks, valid, BackendTimings(*timings))
+
+    def _run_chunk(
+        self,
+        images: Sequence[np.ndarray],
+        chunk: list[int],
+        masks: list[np.ndarray],
+        valid: list[bool],
+        timings: list[float],
+    ) -> None:
+        start = time.monotonic_ns()
+        count = len(chunk)
+        runs = _runs_by_shape([images[i].shape for i in chunk])
+        for offset, length in runs:
+            host = torch.from_numpy(np.stack([images[i] for i in chunk[offset : offset + length]])).pin_memory()
+            target = self._input[offset : offset + length]
+            if tuple(host.shape[1:3]) == self.input_hw:
+                target.copy_(host, non_blocking=True)
+            else:
+                upload = host.to(self._device, non_blocking=True)
+                target.copy_(resize_nhwc_uint8(upload, self.input_hw))
+        self._stream.synchronize()
+        timings[0] += _ms_since(start)
+
+        start = time.monotonic_ns()
+        shape = (count, *self.input_hw, 3)
+        if not self._context.set_input_shape(self._input_name, shape):
+            raise RuntimeError(f"TensorRT refused input shape {shape}")
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run {self.engine_path.name}")
+        self._stream.synchronize()
+        timings[1] += _ms_since(start)
+
+        start = time.monotonic_ns()
+        result = self._outputs[self._output_name][:count]  # the engine wrote the first `count` rows
+        if self._logits:
+            finite = torch.isfinite(result).flatten(1).all(dim=1).tolist()
+            for j, index in enumerate(chunk):
+                valid[index] = bool(finite[j])
+        for offset, length in runs:
+            part = result[offset : offset + length]
+            size = tuple(images[chunk[offset]].shape[:2])
+            if self._logits:
+                if tuple(part.shape[-2:]) != size:
+                    part = F.interpolate(part.float(), size=size, mode="bilinear", align_corners=False)
+                labels = part.argmax(dim=1)
+            else:
+                labels = part.reshape(length, *part.shape[-2:])
+                if tuple(labels.shape[-2:]) != size:
+                    labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
+            host_labels = labels.to(torch.uint8).cpu().numpy()
+            for j in range(length):
+                masks[chunk[offset + j]] = host_labels[j]
+        timings[2] += _ms_since(start)
+
+
+def _runs_by_shape(shapes: list[tuple[int, ...]]) -> list[tuple[int, int]]:
+    """(offset, length) of consecutive equal shapes."""
+    runs: list[tuple[int, int]] = []
+    for i, shape in enumerate(shapes):
+        if runs and shapes[runs[-1][0]] == shape:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs

@@ -1,0 +1,154 @@
+"""torch-cudagraph backend: CUDA graphs per batch size, padding, agreement with torch fp32.
+
+The error and batch-planning tests run everywhere; the rest need a CUDA GPU and
+are skipped, with that reason, without one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from models.backends.registry import BackendError, create_backend
+from models.backends.torch_backend import TorchBackend
+from models.backends.torch_cuda import CudaGraphBackend, parse_batch_sizes, plan_batches
+from models.checkpoint import load_checkpoint
+from models.importers.paddle_dabnet import import_dabnet
+from models.registry import load_model
+from stream.sources.files import read_rgb
+from tests.conftest import require_shared
+
+MIN_AGREEMENT = 0.995
+DABNET_WEIGHTS = "weights/dabnet_cityscapes_paddle.params"
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    assert [m.shape for m in masks] == [r.shape for r in reference]
+    same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
+    return same / sum(r.size for r in reference)
+
+
+# --- always ---------------------------------------------------------------------------------------------------------
+
+
+def test_without_cuda_it_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, card = load_model("demo")
+    with pytest.raises(BackendError, match="torch-cudagraph needs a CUDA GPU"):
+        CudaGraphBackend(model, card)
+    with pytest.raises(BackendError, match="torch-cudagraph needs a CUDA GPU"):
+        create_backend("torch-cudagraph", model, card)
+
+
+def test_cpu_device_is_refused_even_with_a_gpu() -> None:
+    model, card = load_model("demo")
+    with pytest.raises(BackendError, match="torch-cudagraph needs a CUDA GPU; device must be auto or cuda"):
+        CudaGraphBackend(model, card, device="cpu")
+
+
+def test_options_are_checked() -> None:
+    model, card = load_model("demo")
+    with pytest.raises(BackendError, match="unknown options"):
+        CudaGraphBackend(model, card, options={"graphs": 3})
+    with pytest.raises(BackendError, match="batch_sizes must be positive integers"):
+        CudaGraphBackend(model, card, options={"batch_sizes": (0, 2)})
+    assert parse_batch_sizes("4, 1,2,2") == (1, 2, 4)
+
+
+def test_batches_are_padded_up_to_the_next_captured_size() -> None:
+    assert plan_batches(3, (1, 2, 4)) == [(3, 4)]
+    assert plan_batches(2, (1, 2, 4)) == [(2, 2)]
+    assert plan_batches(1, (2, 4)) == [(1, 2)]
+    assert plan_batches(9, (1, 2, 4)) == [(4, 4), (4, 4), (1, 1)]
+    assert plan_batches(7, (8, 1, 4, 2)) == [(7, 8)]
+    assert plan_batches(0, (1, 2)) == []
+
+
+# --- CUDA GPU -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def val_frames() -> list[np.ndarray]:
+    root = require_shared("cityscapes")
+    paths = sorted((root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))[:3]
+    assert len(paths) == 3, f"need 3 val frames under {root}"
+    return [read_rgb(p) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple:
+    model, card = load_model("demo")
+    return model, card, card.input.size
+
+
+@pytest.fixture(scope="module")
+def dabnet(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    destination = tmp_path_factory.mktemp("dabnet") / "dabnet-cityscapes.safetensors"
+    import_dabnet(require_shared(DABNET_WEIGHTS), destination)
+    model, card = load_checkpoint(destination)
+    return model, card, card.input.size
+
+
+def _reference(model, card, size, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The torch backend at fp32 on the CPU (no TF32): what every backend is held to."""
+    backend = TorchBackend(copy.deepcopy(model), card, device="cpu", precision="fp32", input_size=size)
+    return backend.infer(frames).masks
+
+
+@needs_gpu
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("which", ["demo", "dabnet"])
+def test_agrees_with_torch_fp32_on_real_frames(which: str, request, val_frames) -> None:
+    model, card, size = request.getfixturevalue(which)
+    frames = val_frames[:2]
+    reference = _reference(model, card, size, frames)
+    backend = CudaGraphBackend(model, card, input_size=size, options={"batch_sizes": (1, 2)})
+    assert backend.precision == "fp16"
+    batched = backend.infer(frames)
+    single = [backend.infer([frame]).masks[0] for frame in frames]
+    print(f"{which} torch-cudagraph fp16 agreement: batch {_agreement(batched.masks, reference):.5f}, "
+          f"single {_agreement(single, reference):.5f}")
+    assert all(batched.valid)
+    assert _agreement(batched.masks, reference) >= MIN_AGREEMENT
+    assert _agreement(single, reference) >= MIN_AGREEMENT
+
+
+@needs_gpu
+@pytest.mark.timeout(600)
+def test_odd_batches_are_padded_and_the_padding_dropped(demo, val_frames) -> None:
+    model, card, size = demo
+    reference = _reference(model, card, size, val_frames)
+    backend = CudaGraphBackend(model, card, input_size=size, options={"batch_sizes": (1, 2, 4)})
+    graphs = backend._graphs
+    assert sorted(graphs) == [1, 2, 4]
+    before = {s: graphs[s].replays for s in graphs}
+    result = backend.infer(val_frames)  # 3 frames -> the batch-4 graph, one padding row
+    assert {s: graphs[s].replays - before[s] for s in graphs} == {1: 0, 2: 0, 4: 1}
+    assert len(result.masks) == 3 and len(result.valid) == 3 and all(result.valid)
+    assert _agreement(result.masks, reference) >= MIN_AGREEMENT
+    # Mixed sizes and more frames than the largest graph: 4 + 1 replays, order kept.
+    small = [frame[::2, ::2].copy() for frame in val_frames]
+    mixed = [val_frames[0], small[1], val_frames[2], small[0], val_frames[1]]
+    before = {s: graphs[s].replays for s in graphs}
+    result = backend.infer(mixed)
+    assert {s: graphs[s].replays - before[s] for s in graphs} == {1: 1, 2: 0, 4: 1}
+    assert [m.shape for m in result.masks] == [f.shape[:2] for f in mixed]
+    expected = [reference[0], None, reference[2], None, reference[1]]
+    full = [i for i, e in enumerate(expected) if e is not None]
+    assert _agreement([result.masks[i] for i in full], [expected[i] for i in full]) >= MIN_AGREEMENT
+
+
+@needs_gpu
+@pytest.mark.timeout(1200)
+def test_compile_mode_agrees_with_torch_fp32(demo, val_frames) -> None:
+    model, card, size = demo
+    reference = _reference(model, card, size, val_frames)
+    backend = CudaGraphBackend(model, card, input_size=size, options={"batch_sizes": (1, 4), "compile": True})
+    result = backend.infer(val_frames)  # padded to 4
+    agreement = _agreement(result.masks, reference)
+    print(f"demo torch.compile(reduce-overhead) agreement: {agreement:.5f}")
+    assert agreement >= MIN_AGREEMENT
