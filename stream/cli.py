@@ -21,7 +21,7 @@ EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_BAD_INPUT = 2
 # Modules that add their own subcommands (models list/pull/import, eval, train).
-PLUGIN_SUBCOMMANDS = ("models.zoo_cli", "models.eval", "models.train")
+PLUGIN_SUBCOMMANDS = ("models.zoo_cli", "models.eval", "models.train", "models.export")
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900  # one minute at 15 fps: long enough to watch, short enough to end by itself
 
