@@ -27,6 +27,7 @@ import numpy as np
 
 from models import metrics
 from models.classes import NUM_CLASSES
+from stream.cli_args import size_arg
 
 if TYPE_CHECKING:
     from torch import nn
@@ -348,13 +349,6 @@ def default_out_dir(model_spec: str, split: str, now: datetime | None = None) ->
 # --- command line -------------------------------------------------------------------------------
 
 
-def _size_arg(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return width, height
-
 
 def _count_arg(minimum: int) -> Any:
     def parse(text: str) -> int:
@@ -379,7 +373,7 @@ def add_subcommand(subparsers: Any) -> None:
                    help="dataset root holding leftImg8bit/ and gtFine/")
     p.add_argument("--split", default="val", help="split folder (default val)")
     p.add_argument("--city", help="only this city")
-    p.add_argument("--size", type=_size_arg, metavar="WxH", help="model input size (default: the model's own)")
+    p.add_argument("--size", type=size_arg, metavar="WxH", help="model input size (default: the model's own)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--batch", type=_count_arg(1), default=1, metavar="N", help="frames per inference batch")

@@ -85,6 +85,7 @@ from models.onnx_graph import (  # noqa: F401 - names re-exported as this module
     to_fp16,
     wrap_network,
 )
+from stream.cli_args import size_arg
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +262,6 @@ def export_tensorrt(
 # --- command line: roadseg export ---------------------------------------------------------------------------------
 
 
-def _size_arg(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return width, height
-
 
 def _positive(text: str) -> int:
     try:
@@ -287,7 +281,7 @@ def add_subcommand(subparsers: Any) -> None:
                     "backend looks up in the cache.")
     p.add_argument("--model", required=True, help="built-in name, zoo name, checkpoint path or smp:ARCH:ENC")
     p.add_argument("--format", required=True, choices=("onnx", "tensorrt"))
-    p.add_argument("--size", type=_size_arg, metavar="WxH", help="model input size (default: the model's own)")
+    p.add_argument("--size", type=size_arg, metavar="WxH", help="model input size (default: the model's own)")
     p.add_argument("--out", type=Path, metavar="PATH", help="ONNX file to write (onnx only; default: the cache)")
     p.add_argument("--graph", choices=GRAPHS, default="frames",
                    help="onnx only: 'frames' = camera frames in, masks out (what the onnxruntime backend runs; "

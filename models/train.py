@@ -31,6 +31,7 @@ from models.train_config import (
 )
 from models.train_data import DEFAULT_WORKERS
 from models.train_state import BEST_NAME, read_state_json
+from stream.cli_args import size_arg
 
 DEFAULT_SIZES = {"cityscapes": (1024, 512), "synthetic": (512, 256)}  # (width, height)
 SYNTHETIC_STEPS_PER_EPOCH = 100  # the synthetic drive is endless: an "epoch" is a fixed step count
@@ -47,13 +48,6 @@ PLAIN_FIELDS = ("init", "model_id", "epochs", "steps_per_epoch", "batch", "crop"
                 "teacher", "kd_weight", "kd_temperature", "dice_weight", "device", "amp", "val_limit", "seed")
 FLAGS = {"family": "--arch", "arguments": "--arch/--arch-args", "data": "--cityscapes/--synthetic"}
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return width, height
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -80,9 +74,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--steps-per-epoch", type=int, metavar="N",
                    help=f"default: one pass over the train split (synthetic: {SYNTHETIC_STEPS_PER_EPOCH})")
     p.add_argument("--batch", type=int, help=f"default {DEFAULT_BATCH}")
-    p.add_argument("--size", type=_size, metavar="WxH", help="frame size = model input (default: --init's, "
+    p.add_argument("--size", type=size_arg, metavar="WxH", help="frame size = model input (default: --init's, "
                    "else 1024x512 cityscapes, 512x256 synthetic)")
-    p.add_argument("--crop", type=_size, metavar="WxH", help="training crop (default: HxH of --size)")
+    p.add_argument("--crop", type=size_arg, metavar="WxH", help="training crop (default: HxH of --size)")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULT_LR:g})")
     p.add_argument("--workers", type=int, help=f"data loader processes (default {DEFAULT_WORKERS})")
     p.add_argument("--teacher", metavar="MODEL", help="distil from this roadseg model")

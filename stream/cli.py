@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.batcher import BatchConfig
+from stream.cli_args import size_arg
 from stream.config import DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
 
 log = logging.getLogger("roadseg")
@@ -26,13 +27,6 @@ DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900
 GPU_MAX_BATCH, CPU_MAX_BATCH = 8, 1  # one minute at 15 fps: long enough to watch, short enough to end by itself
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return width, height
 
 
 def _viewer(text: str) -> tuple[str, int] | None:
@@ -78,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", action="append", required=True, metavar="SRC",
                      help="[NAME=]synthetic:... | cityscapes:ROOT[:split[:city]] | folder | glob | video")
     run.add_argument("--model", default="demo", help="built-in name or checkpoint path")
-    run.add_argument("--size", type=_size, metavar="WxH", help="model input size (default: model's own)")
+    run.add_argument("--size", type=size_arg, metavar="WxH", help="model input size (default: model's own)")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     run.add_argument("--void-mask", action="append", default=[], metavar="STREAM=PNG",
                      help="static void region of one camera (non-zero pixels), e.g. the bonnet")

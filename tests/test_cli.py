@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 
 from decision_bridge.subscriber import MaskSubscriber
 from models.classes import CLASS_NAMES
+from stream.cli_args import size_arg
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
 QUIET = ["--viewer", "off", "--zmq", "tcp://127.0.0.1:0"]
@@ -104,3 +107,10 @@ def test_bad_zmq_address_is_named():
 def test_bad_viewer_bind_is_rejected_by_the_parser():
     result = roadseg("run", "--source", "synthetic:frames=1", "--viewer", "localhost", "--zmq", "off")
     assert result.returncode == 2 and "localhost" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["512", "512x", "axb", "0x256", "512x-1"])
+def test_size_argument_rejects_malformed_and_non_positive(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
+        size_arg(text)
+    assert size_arg("1024X512") == (1024, 512)
