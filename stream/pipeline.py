@@ -203,7 +203,9 @@ class Pipeline:
             except QueueClosed:
                 return
             void = self._void_masks.get(item.frame.source_id)
-            encoded = await self._in(self._post_pool, encode_result, item, self._encoding, void)
+            # Without a publisher the mask is only scored and shown: skip compressing it.
+            encoding = self._encoding if self._publisher else None
+            encoded = await self._in(self._post_pool, encode_result, item, encoding, void)
             self._publish(encoded)
 
     def _publish(self, encoded: Encoded) -> None:

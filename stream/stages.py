@@ -39,13 +39,15 @@ class Encoded:
     confusion: np.ndarray | None
 
 
-def encode_result(item: Inferred, encoding: Encoding, void: VoidMask | None = None) -> Encoded:
-    """Blocking (runs on the post-processing thread): static void, IoU counts, mask payload."""
+def encode_result(item: Inferred, encoding: Encoding | None, void: VoidMask | None = None) -> Encoded:
+    """Blocking (runs on the post-processing thread): static void, IoU counts, and the mask
+    payload when it will be published (``encoding`` None: nothing is sent, nothing encoded)."""
     if void is not None:
         void.apply(item.mask)
     truth = item.frame.truth
     confusion = confusion_matrix(truth, item.mask) if truth is not None else None
-    return Encoded(item, encode_mask(item.mask, encoding), confusion)
+    payload = encode_mask(item.mask, encoding) if encoding is not None else b""
+    return Encoded(item, payload, confusion)
 
 
 def iou_report(confusion: np.ndarray | None) -> IoUReport | None:
