@@ -148,6 +148,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await source.close()
             self.telemetry.add_drops(source.source_id, source.drops)
+            self.telemetry.frames_read[source.source_id] = source.frames_read
         for queue in self._queues:
             self.telemetry.add_drops(queue.name.split(".")[0], queue.drops)
         if self._viewer:

@@ -76,6 +76,7 @@ class Telemetry:
         self.streams: dict[str, StreamStats] = {}
         self.drops: Counter[str] = Counter()  # "stream:cause" -> frames
         self.errors: list[str] = []
+        self.frames_read: dict[str, int] = {}  # per stream, from its source: read = published + dropped later
         self.first_ns: int | None = None
         self.last_ns: int | None = None
 
@@ -118,6 +119,7 @@ class Telemetry:
             "fps": self.fps(),
             "latency_ms": {stage: ring.summary() for stage, ring in self.stages.items()},
             "frames_per_stream": {sid: s.frames for sid, s in self.streams.items()},
+            "frames_read_per_stream": dict(self.frames_read),
             "dropped": dict(self.drops),
             "dropped_total": sum(self.drops.values()),
             "errors": list(self.errors),

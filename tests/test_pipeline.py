@@ -133,6 +133,9 @@ async def test_stop_finishes_queued_frames_and_returns():
         pipeline.stop()
         summary = await asyncio.wait_for(task, 30)
     assert summary["frames"] >= 5 and not summary["errors"]
+    # Frames already read when stop() came were still published, none dropped.
+    assert summary["frames_read_per_stream"] == {"cam0": summary["frames"]}
+    assert summary["dropped_total"] == 0
 
 
 async def test_corrupt_image_is_counted_and_other_stream_carries_on(tmp_path):

@@ -62,6 +62,11 @@ class FrameSource(ABC):
         """The recorded or configured frame rate, when known."""
         return None
 
+    @property
+    @abstractmethod
+    def frames_read(self) -> int:
+        """Frames handed out by recv() so far (decode-error skips not included)."""
+
     @abstractmethod
     async def recv(self) -> Frame: ...
 
@@ -106,6 +111,10 @@ class ThreadedReplaySource(FrameSource):
     @property
     def nominal_fps(self) -> float | None:
         return self._fps
+
+    @property
+    def frames_read(self) -> int:
+        return self._seq
 
     async def open(self) -> None:
         """Validate and open the input off the loop; raises SourceError naming it."""
