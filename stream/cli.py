@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.batcher import BatchConfig
-from stream.cli_args import size_arg
+from stream.cli_args import positive_float, size_arg
 from stream.config import DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
 
 log = logging.getLogger("roadseg")
@@ -58,6 +58,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--viewer", type=_viewer, default=DEFAULT_VIEWER, metavar="HOST:PORT|off",
                    help="web viewer bind address (default 127.0.0.1:8080)")
     p.add_argument("--realtime", action="store_true", help="replay at the recorded frame rate")
+    p.add_argument("--rate", type=positive_float, metavar="FPS",
+                   help="replay each source at FPS frames/s (a camera at a chosen rate)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="frames per inference batch across streams (default: 8 on CUDA, 1 on CPU)")
     p.add_argument("--max-wait-ms", type=float, default=4.0)
@@ -114,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     common: dict[str, Any] = dict(
         backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
         zmq_wait_subscriber_s=args.zmq_wait, viewer=args.viewer, realtime=args.realtime,
+        replay_rate=args.rate,
         batch=BatchConfig(max_batch=args.max_batch or _default_max_batch(args.device),
                           max_wait_ms=args.max_wait_ms),
     )

@@ -24,6 +24,7 @@ class PipelineConfig:
     viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
     max_frames: int | None = None  # per source
     realtime: bool = False  # replay at the recorded rate instead of as fast as possible
+    replay_rate: float | None = None  # replay at this many frames/s per source (implies pacing)
     batch: BatchConfig = field(default_factory=BatchConfig)
     queue_depth: int = 0  # frames per source queue; 0: 2 x max_batch
     result_depth: int = 16  # results waiting to be published
@@ -37,6 +38,8 @@ class PipelineConfig:
             raise ValueError("at least one --source is required")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.replay_rate is not None and self.replay_rate <= 0:
+            raise ValueError(f"replay rate must be > 0 frames/s, got {self.replay_rate}")
         if self.queue_depth < 0 or self.result_depth < 1:
             raise ValueError("queue_depth must be >= 0 and result_depth >= 1")
 

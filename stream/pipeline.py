@@ -107,8 +107,8 @@ class Pipeline:
             log.info("subscriber %s", "joined" if joined else "did not join in time; publishing anyway")
 
     async def _open_sources(self) -> None:
-        options = SourceOptions(realtime=self.config.realtime, max_frames=self.config.max_frames,
-                                clock=self._clock, executor=self._decode_pool)
+        options = SourceOptions(realtime=self.config.realtime, rate=self.config.replay_rate,
+                                max_frames=self.config.max_frames, clock=self._clock, executor=self._decode_pool)
         named = [split_source_name(text, f"cam{i}") for i, text in enumerate(self.config.sources)]
         ids = [source_id for source_id, _ in named]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -14,7 +14,8 @@ import pytest
 
 from decision_bridge.subscriber import MaskSubscriber
 from models.classes import CLASS_NAMES
-from stream.cli_args import size_arg
+from stream.cli import build_parser, config_from_args
+from stream.cli_args import positive_float, size_arg
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
 QUIET = ["--viewer", "off", "--zmq", "tcp://127.0.0.1:0"]
@@ -114,3 +115,15 @@ def test_size_argument_rejects_malformed_and_non_positive(text):
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
         size_arg(text)
     assert size_arg("1024X512") == (1024, 512)
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "-3", "nan"])
+def test_rate_argument_rejects_non_positive_and_non_numbers(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
+        positive_float(text)
+    assert positive_float("2.5") == 2.5
+
+
+def test_rate_reaches_the_pipeline_config():
+    args = build_parser().parse_args(["run", "--source", "synthetic:", "--rate", "12.5"])
+    assert config_from_args(args).replay_rate == 12.5

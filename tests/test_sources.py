@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.classes import Category
+from stream.clock import ManualClock
 from stream.frame import Frame
 from stream.sources import EndOfStream, SourceError, SourceOptions, open_source, split_source_name
 from tests.conftest import require_shared
@@ -76,6 +77,19 @@ async def test_realtime_pacing_follows_recorded_rate():
     frames = await drain(source)
     span_s = (frames[-1].capture_ns - frames[0].capture_ns) / 1e9
     assert span_s == pytest.approx(5 / 25, abs=0.08)  # 6 frames at 25 fps span 5 intervals
+
+
+async def test_rate_paces_at_the_chosen_rate_not_the_recorded_one():
+    # Synthetic drive recorded at 15 fps, replayed at 4 fps on a manual clock: no sleeping.
+    clock = ManualClock()
+    options = SourceOptions(rate=4.0, max_frames=5, clock=clock)
+    frames = await drain(await open_source("s", "synthetic:size=64x32,fps=15", options))
+    assert [f.capture_ns for f in frames] == [i * 250_000_000 for i in range(5)]
+
+
+async def test_rate_must_be_positive():
+    with pytest.raises(SourceError, match="replay rate must be > 0"):
+        await open_source("s", "synthetic:size=64x32", SourceOptions(rate=0.0))
 
 
 async def test_image_folder_skips_and_counts_a_corrupt_image(tmp_path, caplog):

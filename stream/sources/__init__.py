@@ -49,6 +49,7 @@ _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):")
 @dataclass(frozen=True)
 class SourceOptions:
     realtime: bool = False
+    rate: float | None = None  # replay at this many frames/s (implies pacing)
     max_frames: int | None = None
     clock: Clock = MONOTONIC
     executor: Executor | None = None  # shared decode pool; None: one thread per source
@@ -63,8 +64,8 @@ def split_source_name(spec: str, default_id: str) -> tuple[str, str]:
 
 
 def _build(source_id: str, spec: str, options: SourceOptions) -> ThreadedReplaySource:
-    common = {"realtime": options.realtime, "max_frames": options.max_frames, "clock": options.clock,
-              "executor": options.executor}
+    common = {"realtime": options.realtime, "rate": options.rate, "max_frames": options.max_frames,
+              "clock": options.clock, "executor": options.executor}
     if spec.startswith("synthetic:"):
         from stream.sources.synthetic import SyntheticSource, parse_synthetic_spec
 

@@ -17,6 +17,7 @@ from stream.clock import MONOTONIC, Clock
 from stream.frame import Frame
 
 log = logging.getLogger(__name__)
+DEFAULT_FPS = 30.0  # pacing rate of a recording that states none
 
 
 class SourceError(Exception):
@@ -82,7 +83,8 @@ class ThreadedReplaySource(FrameSource):
     is in flight per source at a time, so readers need no locks and frames stay in
     order. Reading only when pulled gives replay its back-pressure for free; with
     ``realtime`` frames are released at the recorded rate instead of as fast as
-    possible.
+    possible; ``rate`` releases them at that many frames per second instead (a
+    camera simulated at a chosen load, e.g. for latency benchmarks).
     """
 
     def __init__(
@@ -91,13 +93,17 @@ class ThreadedReplaySource(FrameSource):
         spec: str,
         *,
         realtime: bool = False,
+        rate: float | None = None,
         fps: float | None = None,
         max_frames: int | None = None,
         clock: Clock = MONOTONIC,
         executor: Executor | None = None,
     ) -> None:
         super().__init__(source_id, spec)
-        self._realtime = realtime
+        if rate is not None and rate <= 0:
+            raise SourceError(f"source {spec!r}: replay rate must be > 0 frames/s, got {rate}")
+        self._realtime = realtime or rate is not None
+        self._rate = rate
         self._fps = fps
         self._max_frames = max_frames
         self._clock = clock
@@ -165,9 +171,12 @@ class ThreadedReplaySource(FrameSource):
             return
         if self._start_ns is None:
             self._start_ns = self._clock.now_ns()
-        media_s = raw.media_time_s
-        if media_s is None:
-            media_s = self._seq / (self._fps or 30.0)
+        if self._rate is not None:
+            media_s = self._seq / self._rate
+        elif raw.media_time_s is not None:
+            media_s = raw.media_time_s
+        else:
+            media_s = self._seq / (self._fps or DEFAULT_FPS)
         await self._clock.sleep_until(self._start_ns + int(media_s * 1e9))
 
     async def close(self) -> None:

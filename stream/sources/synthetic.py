@@ -17,12 +17,12 @@ class SyntheticSource(ThreadedReplaySource):
 
     def __init__(self, source_id: str, spec: str, *, seed: int = 0, width: int = 512, height: int = 256,
                  fps: float = 15.0, frames: int | None = None, realtime: bool = False,
-                 max_frames: int | None = None, clock: Clock = MONOTONIC,
+                 rate: float | None = None, max_frames: int | None = None, clock: Clock = MONOTONIC,
                  executor: Executor | None = None) -> None:
         if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 0):
             raise ValueError(f"synthetic source {spec!r}: frames must be an integer >= 0, got {frames!r}")
         self._drive = SyntheticDrive(seed, width, height, fps)
-        super().__init__(source_id, spec, realtime=realtime, fps=self._drive.fps, max_frames=max_frames,
+        super().__init__(source_id, spec, realtime=realtime, rate=rate, fps=self._drive.fps, max_frames=max_frames,
                          clock=clock, executor=executor)
         self._frames, self._index = frames, 0
 
