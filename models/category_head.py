@@ -34,20 +34,29 @@ class CategoryFold(nn.Module):
             members[category, source_class] = True
         # Buffers, not parameters: excluded from state_dict so checkpoints hold only the net.
         self.register_buffer("members", members, persistent=False)
+        # Each category's member indices are found once, here on the host: nonzero() in forward
+        # would make the CPU wait for the GPU on every frame, and CUDA graph capture (the
+        # torch-cudagraph backend) forbids that sync outright. Index buffers move with .to(device).
+        self._index_names: list[str | None] = []
+        for category in range(NUM_CLASSES):
+            index = members[category].nonzero().flatten()
+            name = f"members_{category}" if index.numel() else None
+            if name is not None:
+                self.register_buffer(name, index, persistent=False)
+            self._index_names.append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)[:, : self.num_source_classes]
-        return fold_logits(logits, self.members)
+        return fold_logits(logits, [None if name is None else getattr(self, name) for name in self._index_names])
 
 
-def fold_logits(logits: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """(B, S, H, W) source logits -> (B, 8, H, W) category logits via log-sum-exp."""
+def fold_logits(logits: torch.Tensor, member_indices: list[torch.Tensor | None]) -> torch.Tensor:
+    """(B, S, H, W) source logits -> (B, categories, H, W) category logits via log-sum-exp;
+    ``member_indices[c]``: the source classes of category ``c`` (on the logits' device), None for none."""
     out = []
-    for category in range(members.shape[0]):
-        index = members[category].nonzero().flatten()
-        if index.numel() == 0:
+    for index in member_indices:
+        if index is None:
             out.append(torch.full_like(logits[:, :1], NEVER_LOGIT))
         else:
-            out.append(torch.logsumexp(logits[:, index].float(), dim=1, keepdim=True).to(logits.dtype))
+            out.append(torch.logsumexp(logits.index_select(1, index).float(), dim=1, keepdim=True).to(logits.dtype))
     return torch.cat(out, dim=1)
-

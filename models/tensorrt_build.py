@@ -2,17 +2,11 @@
 
 ``roadseg export --format tensorrt`` calls :func:`build_engine`; the ``tensorrt``
 backend (:mod:`models.backends.tensorrt_backend`) only ever loads what it built.
-An engine is specific to the weights, the GPU model and the TensorRT version, so
-all three are in its name::
-
-    <cache>/engines/<fingerprint>-<gpu slug>-trt<version>-<precision>-b<max batch>.engine
-    <cache>/engines/<fingerprint>-trt<version>-int8.calib    INT8 calibration cache
-
-``fingerprint`` is :func:`models.backends.registry.model_fingerprint` (weights,
-card and input size). The INT8 calibration cache holds per-tensor scales, which
-TensorRT computes before layer fusion and so do not depend on the GPU; it is
-keyed by model and TensorRT version only, and once written every later INT8
-build of that model reuses it (reproducible engines; delete it to recalibrate).
+Engine and calibration-cache names, lookups and the environment checks live in
+:mod:`models.tensorrt_cache` (re-exported here); this module reads the graph's
+input, prepares INT8 calibration frames and runs the TensorRT 10 builder. Once
+an INT8 calibration cache is written, every later INT8 build of that model
+reuses it (reproducible engines; delete it to recalibrate).
 
 The graph input is what :func:`models.export.export_onnx` produces: uint8 RGB,
 NHWC, at the model's input resolution, dynamic batch; normalisation happens in
@@ -20,7 +14,7 @@ the graph. Calibration frames are prepared the same way as the backend prepares
 camera frames (:func:`resize_nhwc_uint8`).
 
 Everything here except :func:`build_engine` works without TensorRT or a GPU
-(names, lookups, ONNX input inspection, calibration frames), so it is tested on
+(ONNX input inspection, calibration frames and batches), so it is tested on
 CPU-only machines too.
 """
 
@@ -28,149 +22,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.tensorrt_cache import (  # noqa: F401 - re-exported: this module is the TensorRT API callers import
+    PRECISIONS,
+    TensorRTError,
+    build_hint,
+    calibration_cache_path,
+    check_precision,
+    check_trt_version,
+    cuda_gpu_name,
+    engine_filename,
+    engine_path,
+    find_engines,
+    gpu_slug,
+    import_tensorrt,
+    missing_engine_message,
+    trt_logger,
+    trt_version,
+    write_atomically,
+)
+
 if TYPE_CHECKING:  # torch is imported where it is used: naming and lookups stay light for the CLI
     import torch
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_DIR = "engines"
-ENGINE_SUFFIX = ".engine"
-CALIBRATION_SUFFIX = ".calib"
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 CALIBRATION_DEVICE = "cuda"  # where calibration batches are handed to TensorRT (tests without a GPU swap it)
-_ENGINE_NAME = re.compile(r"^(?P<stem>.+)-b(?P<batch>\d+)\.engine$")
-
-
-class TensorRTError(ValueError):
-    """TensorRT missing, no GPU, an unusable ONNX graph or a failed build; the message says what to do."""
-
-
-# --- names and lookups (no TensorRT needed) ---------------------------------------------------------------------
-
-
-def gpu_slug(name: str) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"`` (safe in a file name)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug or "unknown-gpu"
-
-
-def _version_slug(version: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", version).strip("-") or "unknown"
-
-
-def _engine_stem(fingerprint: str, gpu: str, trt_version: str, precision: str) -> str:
-    _check_precision(precision)
-    return f"{fingerprint}-{gpu_slug(gpu)}-trt{_version_slug(trt_version)}-{precision}"
-
-
-def engine_filename(fingerprint: str, gpu: str, trt_version: str, precision: str, max_batch: int) -> str:
-    return f"{_engine_stem(fingerprint, gpu, trt_version, precision)}-b{int(max_batch)}{ENGINE_SUFFIX}"
-
-
-def engine_path(cache: Path, fingerprint: str, gpu: str, trt_version: str, precision: str, max_batch: int) -> Path:
-    """Where the engine for this model x GPU x TensorRT x precision x batch lives (whether or not it exists)."""
-    return Path(cache) / ENGINE_DIR / engine_filename(fingerprint, gpu, trt_version, precision, max_batch)
-
-
-def calibration_cache_path(cache: Path, fingerprint: str, trt_version: str) -> Path:
-    """The INT8 calibration cache of a model under one TensorRT version (GPU-independent)."""
-    return Path(cache) / ENGINE_DIR / f"{fingerprint}-trt{_version_slug(trt_version)}-int8{CALIBRATION_SUFFIX}"
-
-
-def find_engines(cache: Path, fingerprint: str, gpu: str, trt_version: str, precision: str) -> dict[int, Path]:
-    """Existing engines of this model/GPU/TensorRT/precision, by their max batch."""
-    stem = _engine_stem(fingerprint, gpu, trt_version, precision)
-    folder = Path(cache) / ENGINE_DIR
-    found: dict[int, Path] = {}
-    if not folder.is_dir():
-        return found
-    for path in folder.glob(f"{_glob_escape(stem)}-b*{ENGINE_SUFFIX}"):
-        match = _ENGINE_NAME.match(path.name)
-        if match and match.group("stem") == stem and path.is_file():
-            found[int(match.group("batch"))] = path
-    return found
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def build_hint(model: str, precision: str) -> str:
-    return f"build it with `roadseg export --model {model} --format tensorrt --precision {precision}`"
-
-
-def missing_engine_message(model: str, input_size: tuple[int, int], precision: str) -> str:
-    width, height = input_size
-    return (
-        f"no TensorRT engine for {model} at {width}x{height} {precision}; {build_hint(model, precision)} "
-        "(engines are specific to the weights, the GPU and the TensorRT version, and are never built on the fly)"
-    )
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise TensorRTError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-
-
-# --- environment --------------------------------------------------------------------------------------------------
-
-
-def import_tensorrt() -> ModuleType:
-    """``import tensorrt`` or a TensorRTError saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise TensorRTError(
-            f"TensorRT is not installed ({exc}): install NVIDIA's wheels matching your CUDA, "
-            "e.g. `pip install tensorrt` (TensorRT 10), on a machine with an NVIDIA GPU"
-        ) from exc
-    return tensorrt
-
-
-def trt_version(trt: ModuleType) -> str:
-    return str(getattr(trt, "__version__", "unknown"))
-
-
-def check_trt_version(trt: ModuleType) -> str:
-    """The TensorRT version, or a TensorRTError unless it is 10.x (the API this code is written against)."""
-    version = trt_version(trt)
-    major = version.split(".", 1)[0]
-    if not major.isdigit() or int(major) != 10:
-        raise TensorRTError(
-            f"TensorRT {version} found; roadseg's TensorRT support is written for TensorRT 10 "
-            "(INT8 calibrators and precision flags changed in 11)"
-        )
-    return version
-
-
-def cuda_gpu_name() -> str:
-    """The current CUDA device's name, or a TensorRTError when torch sees no GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise TensorRTError("TensorRT needs a CUDA GPU and torch sees none (check the driver, CUDA_VISIBLE_DEVICES)")
-    return str(torch.cuda.get_device_name(torch.cuda.current_device()))
-
-
-@cache
-def trt_logger(trt: ModuleType) -> Any:
-    """One TensorRT logger per process (builder and runtime share it)."""
-    return trt.Logger(trt.Logger.WARNING)
 
 
 # --- the ONNX graph's input ---------------------------------------------------------------------------------------
@@ -306,12 +193,8 @@ def build_engine(
     enables fp16 for layers without an int8 kernel, and needs either
     ``int8_calibration_source`` (a ``--source`` spec of a recorded drive) or an
     existing calibration cache for this model and TensorRT version."""
-    _check_precision(precision)
-    if max_batch < 1:
-        raise TensorRTError(f"max_batch must be >= 1, got {max_batch}")
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise TensorRTError(f"ONNX graph {onnx_path}: no such file (export it first)")
+    _check_build_arguments(onnx_path, precision, max_batch, int8_calibration_source, calibration_frames)
     trt = import_tensorrt()
     version = check_trt_version(trt)
     gpu = cuda_gpu_name()
@@ -331,60 +214,26 @@ def build_engine(
             f"{calibration_cache}"
         )
 
-    logger = trt_logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        for error in errors:
-            print(f"TensorRT ONNX parser: {error}", file=sys.stderr)
-        raise TensorRTError(f"TensorRT could not parse {onnx_path}:\n  " + "\n  ".join(errors or ["(no details)"]))
-    if network.num_inputs != 1:
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        raise TensorRTError(f"{onnx_path}: expected one image input, found {names}")
-    image = network.get_input(0)
-    static_batch, height, width = _check_nhwc(list(tuple(image.shape)), f"{onnx_path}: input {image.name!r}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if static_batch is None:
-        profile = builder.create_optimization_profile()
-        shape_max = (max_batch, height, width, 3)
-        # opt = max: the batcher fills batches under load, which is when speed matters.
-        profile.set_shape(image.name, (1, height, width, 3), shape_max, shape_max)
-        config.add_optimization_profile(profile)
-    elif static_batch != max_batch:
-        raise TensorRTError(
-            f"{onnx_path} has a fixed batch of {static_batch}; build with max_batch={static_batch} "
-            "or export with a dynamic batch"
-        )
-    if precision in ("fp16", "int8"):
-        _set_builder_flag(trt, config, "FP16", precision)
+    builder = trt.Builder(trt_logger(trt))
+    # The parser owns the weight buffers the network points into: it must outlive the build.
+    network, parser = _parse_onnx(trt, builder, onnx_path)
+    config, size_hw = _builder_config(trt, builder, network, onnx_path, precision, max_batch, workspace_bytes)
     calibrator = None
     if precision == "int8":
-        _set_builder_flag(trt, config, "INT8", precision)
-        source = int8_calibration_source
-
-        def frames() -> np.ndarray:
-            if source is None:
-                raise TensorRTError(
-                    f"TensorRT did not accept the calibration cache {calibration_cache} and no calibration "
-                    "source was given: delete the cache and build again with a calibration source"
-                )
-            log.info("INT8 calibration: reading %d frames from %s", calibration_frames, source)
-            return load_calibration_frames(source, calibration_frames, (height, width))
-
-        # TensorRT 10 calibrates at the profile's opt shape (batch = max_batch); set_calibration_profile is
-        # deprecated there, so it is not called.
-        calibrator = make_calibrator(
-            trt, frames, batch=static_batch or max_batch, cache_path=calibration_cache, device=CALIBRATION_DEVICE
+        calibrator = _int8_calibrator(
+            trt, calibration_cache, int8_calibration_source, calibration_frames, size_hw, max_batch
         )
         config.int8_calibrator = calibrator
-
-    log.info("building TensorRT %s engine %s (batch 1..%d, %dx%d); this takes a while", precision, target.name,
-             max_batch, width, height)
+    log.info(
+        "building TensorRT %s engine %s (batch 1..%d, %dx%d); this takes a while",
+        precision,
+        target.name,
+        max_batch,
+        size_hw[1],
+        size_hw[0],
+    )
     serialized = builder.build_serialized_network(network, config)
+    del parser
     if calibrator is not None and calibrator.error is not None:
         raise calibrator.error
     if serialized is None:
@@ -392,9 +241,64 @@ def build_engine(
             f"TensorRT failed to build an engine from {onnx_path} ({precision}, batch 1..{max_batch}); "
             "its log above says why"
         )
-    _write_atomically(target, serialized)
+    write_atomically(target, serialized)
     log.info("TensorRT engine written: %s", target)
     return target
+
+
+def _check_build_arguments(
+    onnx_path: Path, precision: str, max_batch: int, calibration_source: str | None, calibration_frames: int
+) -> None:
+    """Everything that can be checked before importing TensorRT, so bad arguments fail fast anywhere."""
+    check_precision(precision)
+    if max_batch < 1:
+        raise TensorRTError(f"max_batch must be >= 1, got {max_batch}")
+    if precision == "int8" and calibration_source is not None and calibration_frames < 1:
+        raise TensorRTError(f"calibration needs at least one frame, got calibration_frames={calibration_frames}")
+    if not onnx_path.is_file():
+        raise TensorRTError(f"ONNX graph {onnx_path}: no such file (export it first)")
+
+
+def _parse_onnx(trt: ModuleType, builder: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """The network definition of ``onnx_path`` and its parser (keep both alive until the build is done)."""
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, trt_logger(trt))
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        for error in errors:
+            print(f"TensorRT ONNX parser: {error}", file=sys.stderr)
+        raise TensorRTError(f"TensorRT could not parse {onnx_path}:\n  " + "\n  ".join(errors or ["(no details)"]))
+    return network, parser
+
+
+def _builder_config(
+    trt: ModuleType, builder: Any, network: Any, onnx_path: Path, precision: str, max_batch: int, workspace: int
+) -> tuple[Any, tuple[int, int]]:
+    """Builder config (workspace, batch profile, precision flags) and the graph's (height, width)."""
+    if network.num_inputs != 1:
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        raise TensorRTError(f"{onnx_path}: expected one image input, found {names}")
+    image = network.get_input(0)
+    static_batch, height, width = _check_nhwc(list(tuple(image.shape)), f"{onnx_path}: input {image.name!r}")
+    if static_batch is not None and static_batch != max_batch:
+        raise TensorRTError(
+            f"{onnx_path} has a fixed batch of {static_batch}; build with max_batch={static_batch} "
+            "or export with a dynamic batch"
+        )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    if static_batch is None:
+        profile = builder.create_optimization_profile()
+        shape_max = (max_batch, height, width, 3)
+        # opt = max: the batcher fills batches under load, which is when speed matters. INT8 calibration
+        # also runs at this profile's opt shape, hence calibration batches of max_batch frames.
+        profile.set_shape(image.name, (1, height, width, 3), shape_max, shape_max)
+        config.add_optimization_profile(profile)
+    if precision in ("fp16", "int8"):
+        _set_builder_flag(trt, config, "FP16", precision)
+    if precision == "int8":
+        _set_builder_flag(trt, config, "INT8", precision)
+    return config, (height, width)
 
 
 def _set_builder_flag(trt: ModuleType, config: Any, flag: str, precision: str) -> None:
@@ -406,6 +310,28 @@ def _set_builder_flag(trt: ModuleType, config: Any, flag: str, precision: str) -
     config.set_flag(value)
 
 
+def _int8_calibrator(
+    trt: ModuleType,
+    cache_path: Path,
+    source: str | None,
+    count: int,
+    size_hw: tuple[int, int],
+    batch: int,
+) -> Any:
+    """The calibrator of one INT8 build: the cache when TensorRT accepts it, else ``count`` frames of ``source``."""
+
+    def frames() -> np.ndarray:
+        if source is None:
+            raise TensorRTError(
+                f"TensorRT did not accept the calibration cache {cache_path} and no calibration "
+                "source was given: delete the cache and build again with a calibration source"
+            )
+        log.info("INT8 calibration: reading %d frames from %s", count, source)
+        return load_calibration_frames(source, count, size_hw)
+
+    return make_calibrator(trt, frames, batch=batch, cache_path=cache_path, device=CALIBRATION_DEVICE)
+
+
 def make_calibrator(
     trt: ModuleType, frames: Callable[[], np.ndarray], *, batch: int, cache_path: Path, device: str = "cuda"
 ) -> Any:
@@ -413,7 +339,8 @@ def make_calibrator(
 
     Frames are only read when TensorRT asks for a batch, i.e. when no usable
     calibration cache exists. Errors raised inside TensorRT's callbacks cannot
-    propagate through TensorRT, so they are kept in ``.error`` for the caller.
+    propagate through TensorRT, so they are kept in ``.error`` for the caller,
+    and a calibration that failed never writes its (incomplete) cache.
     ``device`` is for tests without a GPU; TensorRT needs ``cuda``."""
     import torch
 
@@ -423,7 +350,7 @@ def make_calibrator(
             self.error: Exception | None = None
             self.batches_served = 0
             self._batches: Iterator[np.ndarray] | None = None
-            self._device: torch.Tensor | None = None
+            self._device: torch.Tensor | None = None  # one buffer, reused: TensorRT reads it before the next call
 
         def get_batch_size(self) -> int:
             return batch
@@ -439,12 +366,12 @@ def make_calibrator(
                     self._device = torch.empty(host.shape, dtype=torch.uint8, device=device)
                 self._device.copy_(torch.from_numpy(host))
                 if self._device.is_cuda:
-                    torch.cuda.synchronize()  # TensorRT reads it on its own stream
+                    torch.cuda.synchronize()  # TensorRT reads the buffer on its own stream
                 self.batches_served += 1
                 return [int(self._device.data_ptr())] * len(names)
             except Exception as exc:
                 self.error = exc
-                return None
+                return None  # ends calibration; build_engine raises self.error
 
         def read_calibration_cache(self) -> bytes | None:
             if cache_path.is_file():
@@ -453,23 +380,13 @@ def make_calibrator(
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
+            if self.error is not None:  # scales from a calibration cut short would be reused by every later build
+                log.warning("INT8 calibration failed (%s); not writing %s", self.error, cache_path)
+                return
             try:
-                _write_atomically(cache_path, cache)
+                write_atomically(cache_path, cache)
                 log.info("INT8 calibration cache written: %s", cache_path)
             except Exception as exc:
                 self.error = exc
 
     return EntropyCalibrator()
-
-
-def _write_atomically(path: Path, data: Any) -> None:
-    """Write a bytes-like object (TensorRT's IHostMemory and cache buffers are) via a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(memoryview(data))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -12,6 +12,9 @@ Options: ``engine_path`` (use this engine file), ``max_batch`` (pick the cached
 engine built for this batch; default: the largest), ``cache_dir`` (default:
 :func:`models.zoo.cache_dir`), ``model_name`` (the ``--model`` spelling used in
 the "build it with" hint; default: the card's model id).
+
+:meth:`TensorRTBackend.close` frees the execution context, engine and device
+buffers at once instead of whenever the garbage collector gets to them.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
 from models.backends.registry import BackendError, model_fingerprint
-from models.backends.torch_backend import _group_by_shape, _ms_since
+from models.backends.torch_backend import _group_by_shape, _ms_since, check_images
 from models.checkpoint import ModelCard
-from models.tensorrt_build import (
+from models.tensorrt_build import resize_nhwc_uint8
+from models.tensorrt_cache import (
     TensorRTError,
     build_hint,
     cuda_gpu_name,
     find_engines,
     import_tensorrt,
     missing_engine_message,
-    resize_nhwc_uint8,
     trt_logger,
     trt_version,
 )
@@ -113,7 +116,7 @@ class TensorRTBackend:
             raise BackendError(
                 f"TensorRT could not load {path} (built by another TensorRT version or for another GPU, or "
                 f"corrupt; its log above says which): delete it and "
-                f"{build_hint(self._hint_name(card, options), self.precision)}"
+                f"{build_hint(self._hint_name(card, options), self.precision, (width, height))}"
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:
@@ -143,13 +146,14 @@ class TensorRTBackend:
             from models.zoo import cache_dir
 
             cache = cache_dir()
+        wanted = _parse_max_batch(options.get("max_batch"))
         fingerprint = model_fingerprint(model, card, size)
         engines = find_engines(cache, fingerprint, gpu, trt_version(self._trt), self.precision)
-        wanted = options.get("max_batch")
         if wanted is not None:
-            engines = {b: p for b, p in engines.items() if b == int(str(wanted))}
+            engines = {b: p for b, p in engines.items() if b == wanted}
         if not engines:
-            raise BackendError(missing_engine_message(self._hint_name(card, options), size, self.precision))
+            hint_name = self._hint_name(card, options)
+            raise BackendError(missing_engine_message(hint_name, size, self.precision, wanted))
         batch = max(engines)
         log.info("tensorrt backend: engine %s", engines[batch])
         return engines[batch]
@@ -215,13 +219,26 @@ class TensorRTBackend:
         for batch in batch_sizes:
             self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
 
+    def close(self) -> None:
+        """Release the execution context, the engine, the runtime and the device buffers, in the
+        order TensorRT needs (a context before its engine); ``infer`` afterwards is an error."""
+        with self._lock:
+            self._context = None
+            self._engine = None
+            self._runtime = None
+            self._outputs.clear()
+            self._input = torch.empty(0, dtype=torch.uint8)
+
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
+        check_images(images)
         masks: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
         valid = [True] * len(images)
         timings = [0.0, 0.0, 0.0]
         # Same-sized frames next to each other: one upload and one resize per size.
         order = [i for _, indices in _group_by_shape(images) for i in indices]
         with self._lock, torch.inference_mode(), torch.cuda.device(self._device), torch.cuda.stream(self._stream):
+            if self._context is None:
+                raise RuntimeError(f"tensorrt backend for {self.engine_path.name} is closed")
             for start in range(0, len(order), self.max_batch):
                 chunk = order[start : start + self.max_batch]
                 self._run_chunk(images, chunk, masks, valid, timings)
@@ -279,6 +296,18 @@ class TensorRTBackend:
             for j in range(length):
                 masks[chunk[offset + j]] = host_labels[j]
         timings[2] += _ms_since(start)
+
+
+def _parse_max_batch(value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        batch = int(str(value))
+    except ValueError:
+        batch = 0
+    if batch < 1:
+        raise BackendError(f"tensorrt backend: option max_batch must be a positive integer, got {value!r}")
+    return batch
 
 
 def _runs_by_shape(shapes: list[tuple[int, ...]]) -> list[tuple[int, int]]:

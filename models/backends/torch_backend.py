@@ -111,6 +111,7 @@ class TorchBackend:
             self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
 
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
+        check_images(images)
         with torch.inference_mode():
             start = time.monotonic_ns()
             groups = list(_group_by_shape(images))
@@ -157,6 +158,14 @@ class TorchBackend:
             for j, index in enumerate(indices):
                 masks[index] = labels[j]
         return masks, [bool(v) for v in finite]
+
+
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """A ValueError naming the first image that is not HxWx3 uint8 RGB: anything else would be
+    silently cast (floats in [0, 1] become black) or fail deep inside torch with no index."""
+    for i, image in enumerate(images):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image {i}: expected HxWx3 uint8 RGB, got {image.dtype} {image.shape}")
 
 
 def _group_by_shape(images: Sequence[np.ndarray]) -> Iterator[tuple[tuple[int, ...], list[int]]]:

@@ -11,7 +11,11 @@ under fp16 autocast by default, channels_last.
 
 ``options["compile"] = True`` uses ``torch.compile(mode="reduce-overhead")``
 (which records its own CUDA graphs) instead of hand-captured graphs, with the
-same padding to fixed batch sizes so nothing recompiles after warmup.
+same padding to fixed batch sizes so nothing recompiles after warmup. The
+constructor only compiles: torch.compile keeps its CUDA graphs per thread, so
+:meth:`CudaGraphBackend.warmup` records them, and must be called from the
+thread that will call ``infer`` (the pipeline does: both run on its inference
+thread). Without it the first calls of each size record them instead.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
 from models.backends.registry import BackendError
-from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since
+from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since, check_images
 from models.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
@@ -121,8 +125,12 @@ class CudaGraphBackend(TorchBackend):
         with torch.inference_mode():
             for size in sorted(self.batch_sizes, reverse=True):
                 self._graphs[size] = self._capture(size)
-        log.info("torch-cudagraph: %s batch sizes %s ready in %.1f s",
-                 "compiled" if self.compiled else "captured", list(self.batch_sizes), time.monotonic() - start)
+        log.info(
+            "torch-cudagraph: %s batch sizes %s ready in %.1f s",
+            "compiled" if self.compiled else "captured",
+            list(self.batch_sizes),
+            time.monotonic() - start,
+        )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
@@ -137,9 +145,10 @@ class CudaGraphBackend(TorchBackend):
         static = torch.zeros((size, 3, height, width), device=self._torch_device)
         static = static.contiguous(memory_format=torch.channels_last)
         if self.compiled:
-            for _ in range(WARMUP_ITERATIONS):  # compiles, then records torch.compile's own graph
-                torch.compiler.cudagraph_mark_step_begin()
-                self._forward(static)
+            # Compiles this size, nothing more: torch.compile records its CUDA graphs per thread, and
+            # graphs recorded here would never be replayed by the pipeline's inference thread.
+            torch.compiler.cudagraph_mark_step_begin()
+            self._forward(static)
             torch.cuda.synchronize()
             return _Captured(size, static, None, None)
         side = torch.cuda.Stream()
@@ -169,7 +178,17 @@ class CudaGraphBackend(TorchBackend):
         captured.replays += 1
         return output[:count]
 
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run every captured size (and any other size asked for). In compile mode this records
+        torch.compile's CUDA graphs in the calling thread, which must be the thread that infers."""
+        height, width = self.input_hw
+        rounds = WARMUP_ITERATIONS if self.compiled else 1  # torch.compile: warm up, record, replay
+        for size in sorted(set(batch_sizes) | set(self.batch_sizes)):
+            for _ in range(rounds):
+                self.infer([np.zeros((height, width, 3), np.uint8)] * size)
+
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
+        check_images(images)
         if not images:
             return BatchOutput([], [], BackendTimings(0.0, 0.0, 0.0))
         with self._lock, torch.inference_mode():
