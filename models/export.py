@@ -89,8 +89,9 @@ from stream.cli_args import size_arg
 
 log = logging.getLogger(__name__)
 
-# Bump when the graph this module writes changes: cached exports of another version are re-made.
-EXPORT_VERSION = "1"
+# Bump when a graph this module writes changes: cached exports and TensorRT engines of another
+# version are then re-made (2: the "model" graph casts its uint8 input before transposing it).
+EXPORT_VERSION = "2"
 OPSET = 18  # Resize(antialias=1) and Resize(axes=) need 18
 MAX_OPSET = 20  # the TorchScript exporter's newest
 GRAPHS = ("model", "frames")
