@@ -34,7 +34,7 @@ from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
 from models.backends.registry import BackendError, model_fingerprint
-from models.backends.torch_backend import _group_by_shape, _ms_since, check_images
+from models.backends.torch_backend import _group_by_shape, _ms_since, check_images, pinned_stack
 from models.checkpoint import ModelCard
 from models.tensorrt_build import resize_nhwc_uint8
 from models.tensorrt_cache import (
@@ -256,7 +256,7 @@ class TensorRTBackend:
         count = len(chunk)
         runs = _runs_by_shape([images[i].shape for i in chunk])
         for offset, length in runs:
-            host = torch.from_numpy(np.stack([images[i] for i in chunk[offset : offset + length]])).pin_memory()
+            host = pinned_stack([images[i] for i in chunk[offset : offset + length]])
             target = self._input[offset : offset + length]
             if tuple(host.shape[1:3]) == self.input_hw:
                 target.copy_(host, non_blocking=True)
