@@ -169,3 +169,24 @@ def test_iou_definitions():
     assert mean_iou(cm) == pytest.approx((0 + 1 / 3 + 1 / 2) / 3)
     # Void truth pixels ignored: class 1 then has tp=1, fn=1 (pred 2), fp=0.
     assert category_iou(cm) == pytest.approx((1 / 2 + 1 / 2) / 2)
+
+
+def test_category_fold_is_the_log_sum_exp_of_each_categorys_members():
+    from models.category_head import NEVER_LOGIT, TRAIN_ID_TABLE, CategoryFold
+
+    fold = CategoryFold(torch.nn.Identity())
+    logits = torch.randn(2, len(TRAIN_ID_TABLE), 5, 7, generator=torch.Generator().manual_seed(3)) * 8
+    logits[0, :, 0, 0] = -200.0  # one pixel where every class is hopeless: still finite
+    logits[0, 0, 0, 0] = 0.0
+    folded = fold(logits)
+    for category in Category:
+        members = [s for s, c in enumerate(TRAIN_ID_TABLE) if c == category]
+        if not members:
+            assert (folded[:, category] == NEVER_LOGIT).all()
+            continue
+        expected = torch.logsumexp(logits[:, members], dim=1)
+        close = torch.isclose(folded[:, category], expected, atol=1e-5)
+        close[0, 0, 0] = True  # checked below: clipped at max - 87 there, by design
+        assert close.all(), category.name
+    assert torch.isfinite(folded).all()
+    assert folded[0, Category.FLAT, 0, 0] == pytest.approx(0.0, abs=1e-6)
