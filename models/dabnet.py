@@ -164,6 +164,12 @@ class DABNet(nn.Module):
         self.classifier = nn.Sequential(ConvBN(stage_3, num_classes, 1, bn_act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the input size (what training and the reference implementation use)."""
+        return F.interpolate(self.forward_native(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at 1/8 of the input, before the final upsampling: inference backends upsample
+        once, straight to each frame's size, and fold classes on 64x fewer pixels."""
         height, width = x.shape[-2:]
         if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
             raise ValueError(f"DABNet input {width}x{height} must be a multiple of {OUTPUT_STRIDE}")
@@ -173,8 +179,7 @@ class DABNet(nn.Module):
         y = self.bn_prelu_2(torch.cat([self.DAB_Block_1(down_1), down_1, quarter], dim=1))
         down_2 = self.downsample_2(y)
         y = self.bn_prelu_3(torch.cat([self.DAB_Block_2(down_2), down_2, eighth], dim=1))
-        logits = self.classifier(y)
-        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return self.classifier(y)
 
 
 def build_dabnet(num_classes: int = CITYSCAPES_TRAIN_CLASSES, fold_to_categories: bool = True) -> nn.Module:

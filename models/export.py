@@ -44,9 +44,11 @@ argmax-exact, and covered by the parity tests):
   below the pixel's best class are clipped there instead of going lower (it can
   never win, before or after upsampling); in the frames graph void gets that
   floor too instead of exactly ``NEVER_LOGIT``.
-* ``PRelu`` becomes ``slope*x + (1-slope)*Relu(x)`` (two per-channel scales and
-  an add; equal up to one rounding): ONNX Runtime's CPU ``PRelu`` kernel is a
-  slow broadcast that also forces layout reorders around every use.
+* In the frames graph (ONNX Runtime) ``PRelu`` becomes ``x + (1-slope)*Relu(-x)``
+  with the two per-channel scales as depth-wise 1x1 convolutions (equal up to one
+  rounding; see :func:`models.onnx_graph.rewrite_prelu`): ONNX Runtime's CPU
+  ``PRelu`` kernel is a slow broadcast that also forces layout reorders around
+  every use. The model graph keeps ``PRelu``, which TensorRT fuses natively.
 
 The TorchScript-based exporter (``torch.onnx.export(dynamo=False)``) is used:
 the dynamo exporter needs ``onnxscript``, which is not a dependency. Opset 18 is
@@ -90,8 +92,10 @@ from stream.cli_args import size_arg
 log = logging.getLogger(__name__)
 
 # Bump when a graph this module writes changes: cached exports and TensorRT engines of another
-# version are then re-made (2: the "model" graph casts its uint8 input before transposing it).
-EXPORT_VERSION = "2"
+# version are then re-made (2: the "model" graph casts its uint8 input before transposing it;
+# 3: networks export logits at their own output resolution, see inference_forward; PReLU as
+# depth-wise convolutions in the frames graph and kept as PRelu in the model graph).
+EXPORT_VERSION = "3"
 OPSET = 18  # Resize(antialias=1) and Resize(axes=) need 18
 MAX_OPSET = 20  # the TorchScript exporter's newest
 GRAPHS = ("model", "frames")
@@ -154,7 +158,8 @@ def export_onnx(
                           "(antialiased Resize from 18; torch's TorchScript exporter stops at 20)")
     width, height = _input_size(card, input_size)
     core, fold = export_network(model, (height, width), opset=opset, dynamic_batch=dynamic_batch)
-    rewrite_prelu(core.graph)
+    if graph == "frames":
+        rewrite_prelu(core.graph)
     if precision == "fp16":
         core = to_fp16(core)
     wrapped = wrap_network(core, card, (height, width), fold=fold, graph=graph, dynamic_batch=dynamic_batch,

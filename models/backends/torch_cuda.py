@@ -117,9 +117,9 @@ class CudaGraphBackend(TorchBackend):
         model = copy.deepcopy(model)
         super().__init__(model, card, device="cuda", precision=precision, input_size=input_size)
         self._lock = threading.Lock()
-        self._runner: Callable[[torch.Tensor], torch.Tensor] = self._model
+        self._runner: Callable[[torch.Tensor], torch.Tensor] = self._net_forward
         if self.compiled:
-            self._runner = torch.compile(self._model, mode="reduce-overhead", dynamic=False)
+            self._runner = torch.compile(self._net_forward, mode="reduce-overhead", dynamic=False)
         self._graphs: dict[int, _Captured] = {}
         start = time.monotonic()
         with torch.inference_mode():
