@@ -197,3 +197,23 @@ def test_synthetic_upstream_file_round_trips_exactly(tmp_path: Path) -> None:
     loaded, _ = load_checkpoint(tmp_path / "synthetic.safetensors")
     for key, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[f"net.{key}"], value), key
+
+
+def test_backends_run_dabnet_at_its_own_output_stride():
+    """Backends upsample once, straight to the frame size: they must get DABNet's 1/8 logits,
+    and forward() (training, the reference) must stay those logits upsampled to the input."""
+    import torch.nn.functional as F
+
+    from models.category_head import inference_forward
+
+    model = build_dabnet().eval()
+    x = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        native = inference_forward(model)(x)
+        full = model(x)
+        net_full = model.net(x)
+    assert native.shape == (1, NUM_CLASSES, 8, 16) and full.shape == (1, NUM_CLASSES, 64, 128)
+    upsampled = F.interpolate(model.net.forward_native(x), size=(64, 128), mode="bilinear", align_corners=False)
+    assert torch.allclose(net_full, upsampled)
+    plain = torch.nn.Conv2d(3, 2, 1)
+    assert inference_forward(plain) is plain  # nets without forward_native run as they are
