@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10, help="model-only calls per configuration")
     parser.add_argument("--rounds", type=int, default=3, help="bracketed pipeline runs per stream count")
     parser.add_argument("--frames", type=int, default=48, help="frames per pipeline run, over all streams")
-    parser.add_argument("--load", type=positive_float, default=0.7,
+    parser.add_argument("--load", type=positive_float, default=0.5,
                         help="paced latency runs: offered load as a fraction of the measured throughput")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
