@@ -21,8 +21,15 @@ log = logging.getLogger("roadseg")
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_BAD_INPUT = 2
-# Modules that add their own subcommands (models list/pull/import, eval, train).
-PLUGIN_SUBCOMMANDS = ("models.zoo_cli", "models.eval", "models.train", "models.export")
+# Subcommands that live with their code: name -> (module, the one line `roadseg --help` shows).
+# Only the module of the subcommand being run is imported (models.train alone pulls in torch,
+# timm and segmentation-models-pytorch: seconds), so `roadseg --help` and `roadseg run` start fast.
+PLUGIN_SUBCOMMANDS = {
+    "models": ("models.zoo_cli", "list, download and inspect models"),
+    "eval": ("models.eval", "score a model on Cityscapes ground truth (IoU, Dice, confusion)"),
+    "train": ("models.train", "train or fine-tune a model (Cityscapes or synthetic)"),
+    "export": ("models.export", "export a model to ONNX or build a TensorRT engine"),
+}
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900
 GPU_MAX_BATCH, CPU_MAX_BATCH = 8, 1  # one minute at 15 fps: long enough to watch, short enough to end by itself
@@ -67,7 +74,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser for the subcommand in ``argv`` (default ``sys.argv[1:]``); the other
+    plugin subcommands get a one-line placeholder, enough for ``roadseg --help``."""
     parser = argparse.ArgumentParser(prog="roadseg", description="Real-time road scene segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="segment one or more sources")
@@ -85,21 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.set_defaults(realtime=True)
     demo.add_argument("--fast", dest="realtime", action="store_false", help="as fast as possible")
-    for module_name in PLUGIN_SUBCOMMANDS:
-        _add_plugin(sub, module_name)
+    command = _command_of(sys.argv[1:] if argv is None else argv)
+    for name, (module_name, help_text) in PLUGIN_SUBCOMMANDS.items():
+        if name == command:
+            _add_plugin(sub, module_name)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv: its first word that is not an option (the top level has
+    no options that take a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def _add_plugin(sub: Any, module_name: str) -> None:
-    """Subcommands that live with their code: ``add_subcommand(subparsers)`` registers a
-    parser whose defaults include ``handler(args) -> int``."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return  # not written yet (work in progress)
-    module.add_subcommand(sub)
+    """The module's ``add_subcommand(subparsers)`` registers a parser whose defaults include
+    ``handler(args) -> int``."""
+    importlib.import_module(module_name).add_subcommand(sub)
 
 
 def _default_max_batch(device: str) -> int:
@@ -163,7 +176,7 @@ async def _run(config: PipelineConfig, summary_json: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from decision_bridge.publisher import PublisherError

@@ -14,7 +14,7 @@ import pytest
 
 from decision_bridge.subscriber import MaskSubscriber
 from models.classes import CLASS_NAMES
-from stream.cli import build_parser, config_from_args
+from stream.cli import PLUGIN_SUBCOMMANDS, build_parser, config_from_args
 from stream.cli_args import positive_float, size_arg
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
@@ -127,3 +127,25 @@ def test_rate_argument_rejects_non_positive_and_non_numbers(text):
 def test_rate_reaches_the_pipeline_config():
     args = build_parser().parse_args(["run", "--source", "synthetic:", "--rate", "12.5"])
     assert config_from_args(args).replay_rate == 12.5
+
+
+def _subcommand_help(parser: argparse.ArgumentParser, name: str) -> str | None:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return next(c.help for c in action._choices_actions if c.dest == name)
+
+
+@pytest.mark.parametrize("name", sorted(PLUGIN_SUBCOMMANDS))
+def test_placeholder_help_of_each_lazy_subcommand_matches_its_real_parser(name):
+    placeholder = _subcommand_help(build_parser(["run"]), name)
+    assert placeholder == PLUGIN_SUBCOMMANDS[name][1] == _subcommand_help(build_parser([name]), name)
+
+
+def test_top_level_help_imports_neither_torch_nor_the_subcommand_modules():
+    probe = (
+        "import sys\nfrom stream.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'models.train', 'models.eval') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: roadseg" in result.stdout and result.stdout.strip().endswith("[]")
