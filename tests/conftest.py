@@ -43,3 +43,27 @@ def no_leaked_threads():
     yield
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+# The real upstream weights, imported once per test session (each import takes seconds) into a
+# session temp folder; tests only read these checkpoints.
+DABNET_WEIGHTS = "weights/dabnet_cityscapes_paddle.params"
+ESPNETV2_WEIGHTS = "weights/espnetv2_s_2.0_city_1024x512.pth"
+
+
+@pytest.fixture(scope="session")
+def dabnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.importers.paddle_dabnet import import_dabnet
+
+    destination = tmp_path_factory.mktemp("dabnet") / "dabnet-cityscapes.safetensors"
+    import_dabnet(require_shared(DABNET_WEIGHTS), destination)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def espnetv2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.importers.torch_espnetv2 import import_espnetv2
+
+    destination = tmp_path_factory.mktemp("espnetv2") / "espnetv2-cityscapes.safetensors"
+    import_espnetv2(require_shared(ESPNETV2_WEIGHTS), destination)
+    return destination

@@ -11,6 +11,7 @@ are skipped, with that reason, without one.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,21 +22,10 @@ from models.backends.torch_backend import TorchBackend
 from models.backends.torch_cuda import CudaGraphBackend, parse_batch_sizes, plan_batches
 from models.category_head import CategoryFold
 from models.checkpoint import load_checkpoint
-from models.importers.paddle_dabnet import import_dabnet
 from models.registry import load_model
 from stream.sources.files import read_rgb
 from tests.conftest import require_shared
-
-MIN_AGREEMENT = 0.995
-DABNET_WEIGHTS = "weights/dabnet_cityscapes_paddle.params"
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    assert [m.shape for m in masks] == [r.shape for r in reference]
-    same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
-    return same / sum(r.size for r in reference)
-
+from tests.parity import MIN_AGREEMENT, needs_gpu, pooled_agreement
 
 # --- always ---------------------------------------------------------------------------------------------------------
 
@@ -106,10 +96,8 @@ def demo() -> tuple:
 
 
 @pytest.fixture(scope="module")
-def dabnet(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    destination = tmp_path_factory.mktemp("dabnet") / "dabnet-cityscapes.safetensors"
-    import_dabnet(require_shared(DABNET_WEIGHTS), destination)
-    model, card = load_checkpoint(destination)
+def dabnet(dabnet_checkpoint: Path) -> tuple:
+    model, card = load_checkpoint(dabnet_checkpoint)
     return model, card, card.input.size
 
 
@@ -131,12 +119,12 @@ def test_agrees_with_torch_fp32_on_real_frames(which: str, request, val_frames) 
     batched = backend.infer(frames)
     single = [backend.infer([frame]).masks[0] for frame in frames]
     print(
-        f"{which} torch-cudagraph fp16 agreement: batch {_agreement(batched.masks, reference):.5f}, "
-        f"single {_agreement(single, reference):.5f}"
+        f"{which} torch-cudagraph fp16 agreement: batch {pooled_agreement(batched.masks, reference):.5f}, "
+        f"single {pooled_agreement(single, reference):.5f}"
     )
     assert all(batched.valid)
-    assert _agreement(batched.masks, reference) >= MIN_AGREEMENT
-    assert _agreement(single, reference) >= MIN_AGREEMENT
+    assert pooled_agreement(batched.masks, reference) >= MIN_AGREEMENT
+    assert pooled_agreement(single, reference) >= MIN_AGREEMENT
 
 
 @needs_gpu
@@ -151,7 +139,7 @@ def test_odd_batches_are_padded_and_the_padding_dropped(demo, val_frames) -> Non
     result = backend.infer(val_frames)  # 3 frames -> the batch-4 graph, one padding row
     assert {s: graphs[s].replays - before[s] for s in graphs} == {1: 0, 2: 0, 4: 1}
     assert len(result.masks) == 3 and len(result.valid) == 3 and all(result.valid)
-    assert _agreement(result.masks, reference) >= MIN_AGREEMENT
+    assert pooled_agreement(result.masks, reference) >= MIN_AGREEMENT
     # Mixed sizes and more frames than the largest graph: 4 + 1 replays, order kept, every frame
     # (the half-size ones too) checked against its own reference.
     small = [frame[::2, ::2].copy() for frame in val_frames]
@@ -163,7 +151,7 @@ def test_odd_batches_are_padded_and_the_padding_dropped(demo, val_frames) -> Non
     assert [m.shape for m in result.masks] == [f.shape[:2] for f in mixed]
     assert all(result.valid)
     for mask, expected in zip(result.masks, mixed_reference, strict=True):
-        assert _agreement([mask], [expected]) >= MIN_AGREEMENT
+        assert pooled_agreement([mask], [expected]) >= MIN_AGREEMENT
 
 
 @needs_gpu
@@ -174,7 +162,7 @@ def test_compile_mode_agrees_with_torch_fp32(demo, val_frames) -> None:
     backend = CudaGraphBackend(model, card, input_size=size, options={"batch_sizes": (1, 4), "compile": True})
     backend.warmup()  # records torch.compile's CUDA graphs in this thread, the one that infers
     result = backend.infer(val_frames)  # padded to 4
-    agreement = _agreement(result.masks, reference)
+    agreement = pooled_agreement(result.masks, reference)
     print(f"demo torch.compile(reduce-overhead) agreement: {agreement:.5f}")
     assert all(result.valid) and len(result.masks) == len(val_frames)
     assert agreement >= MIN_AGREEMENT
@@ -190,7 +178,7 @@ def test_torch_backend_on_cuda_agrees_with_torch_fp32(which: str, request, val_f
     backend = TorchBackend(copy.deepcopy(model), card, device="cuda", input_size=size)
     assert backend.precision == "fp16"
     result = backend.infer(val_frames)
-    agreement = _agreement(result.masks, reference)
+    agreement = pooled_agreement(result.masks, reference)
     print(f"{which} torch cuda fp16 agreement: {agreement:.5f}")
     assert all(result.valid) and len(result.masks) == len(val_frames)
     assert agreement >= MIN_AGREEMENT
@@ -216,7 +204,7 @@ def test_onnxruntime_on_cuda_agrees_with_torch_fp32(precision: str, demo, val_fr
     )
     assert backend.device == "cuda" and backend.precision == precision
     result = backend.infer(val_frames)
-    agreement = _agreement(result.masks, reference)
+    agreement = pooled_agreement(result.masks, reference)
     print(f"demo onnxruntime cuda {precision} agreement: {agreement:.5f}")
     assert all(result.valid) and len(result.masks) == len(val_frames)
     assert agreement >= MIN_AGREEMENT

@@ -20,24 +20,15 @@ from models.importers.paddle_dabnet import KEY_RENAMES, UPSTREAM_SHA256, DABNetI
 from models.importers.restricted_pickle import PickleLoadError, UnsafePickleError, load_restricted
 from models.metrics import category_iou, confusion_matrix
 from stream.sources.files import cityscapes_truth_for, read_cityscapes_truth, read_rgb
-from tests.conftest import require_shared
+from tests.conftest import DABNET_WEIGHTS, require_shared
 
-WEIGHTS = "weights/dabnet_cityscapes_paddle.params"
+WEIGHTS = DABNET_WEIGHTS
 PICKLE_PROTOCOL = 4  # what the upstream file uses
 # Two val frames (one with much sky, one dense street): fp32 scores 0.910 on them,
 # the same weights fed BGR instead of RGB 0.775 (sky collapses), so 0.87 separates them.
 ACCURACY_FRAMES = ("frankfurt_000000_001016", "frankfurt_000000_002963")
 MIN_CATEGORY_IOU = 0.87
 DABNET_PARAMETERS = (750_000, 770_000)  # the paper's 0.76 M
-
-
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real upstream weights, imported once for the whole module."""
-    source = require_shared(WEIGHTS)
-    destination = tmp_path_factory.mktemp("dabnet") / "dabnet-cityscapes.safetensors"
-    import_dabnet(source, destination)
-    return destination
 
 
 def _paddle_layout(net: torch.nn.Module) -> dict:
@@ -75,8 +66,8 @@ def test_dabnet_rejects_size_not_multiple_of_8() -> None:
 # --- the real weights ------------------------------------------------------------
 
 
-def test_imported_checkpoint_loads_with_its_card(imported: Path) -> None:
-    model, card = load_checkpoint(imported)
+def test_imported_checkpoint_loads_with_its_card(dabnet_checkpoint: Path) -> None:
+    model, card = load_checkpoint(dabnet_checkpoint)
     parameters = sum(p.numel() for p in model.parameters())
     assert DABNET_PARAMETERS[0] < parameters < DABNET_PARAMETERS[1]
     assert all(key.startswith("net.") for key in model.state_dict())
@@ -85,9 +76,9 @@ def test_imported_checkpoint_loads_with_its_card(imported: Path) -> None:
     assert card.provenance["source_sha256"] == UPSTREAM_SHA256
 
 
-def test_real_weights_segment_cityscapes_val(imported: Path) -> None:
+def test_real_weights_segment_cityscapes_val(dabnet_checkpoint: Path) -> None:
     root = require_shared("cityscapes")
-    model, card = load_checkpoint(imported)
+    model, card = load_checkpoint(dabnet_checkpoint)
     backend = TorchBackend(model, card, device="cpu", precision="fp32")
     truth_for = cityscapes_truth_for(root, "val")
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
@@ -217,3 +208,25 @@ def test_backends_run_dabnet_at_its_own_output_stride():
     assert torch.allclose(net_full, upsampled)
     plain = torch.nn.Conv2d(3, 2, 1)
     assert inference_forward(plain) is plain  # nets without forward_native run as they are
+
+
+def test_torch_backend_and_onnx_export_skip_dabnets_own_upsampling(monkeypatch, tmp_path):
+    import onnx
+
+    from models.checkpoint import InputSpec, ModelCard
+    from models.export import export_onnx
+
+    model = build_dabnet().eval()
+
+    def full_resolution_forward(x):
+        raise AssertionError("DABNet.forward (upsampled to the input) ran where forward_native belongs")
+
+    monkeypatch.setattr(model.net, "forward", full_resolution_forward)
+    card = ModelCard(model_id="dabnet-test", family="dabnet", arguments={},
+                     input=InputSpec(size=(128, 64), divisor=8))
+    frame = np.zeros((96, 160, 3), np.uint8)
+    out = TorchBackend(model, card, device="cpu", precision="fp32").infer([frame])
+    assert out.masks[0].shape == (96, 160)
+    path = export_onnx(model, card, tmp_path / "d.onnx", graph="model")
+    dims = onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[2:]] == [8, 16]  # logits at 1/8; the backend upsamples once

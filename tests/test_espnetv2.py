@@ -20,9 +20,9 @@ from models.importers.torch_espnetv2 import (
 )
 from models.metrics import category_iou, confusion_matrix
 from stream.sources.files import read_cityscapes_truth, read_rgb
-from tests.conftest import require_shared
+from tests.conftest import ESPNETV2_WEIGHTS, require_shared
 
-WEIGHTS = "weights/espnetv2_s_2.0_city_1024x512.pth"
+WEIGHTS = ESPNETV2_WEIGHTS
 VAL_FRAMES = ("frankfurt_000000_000294", "frankfurt_000000_001016", "frankfurt_000000_000576")
 # Measured on these 3 frames (fp32, CPU): correct 84.2; BGR input 77.3; no
 # normalisation 54.3. 82 leaves 2 points for numeric drift and fails both.
@@ -45,10 +45,8 @@ def source() -> Path:
 
 
 @pytest.fixture(scope="module")
-def imported(source, tmp_path_factory) -> Path:
-    destination = tmp_path_factory.mktemp("espnetv2") / "espnetv2.safetensors"
-    import_espnetv2(source, destination)
-    return destination
+def imported(espnetv2_checkpoint: Path) -> Path:
+    return espnetv2_checkpoint
 
 
 @pytest.fixture(scope="module")

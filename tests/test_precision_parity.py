@@ -16,9 +16,9 @@ from models.registry import load_model
 from stream.sources.files import read_rgb
 from stream.sources.synthetic_scene import SyntheticDrive
 from tests.conftest import require_shared
+from tests.parity import MIN_AGREEMENT, frame_agreement
 
 VAL_FRAMES = ("frankfurt_000000_000294", "frankfurt_000000_001016")
-MIN_AGREEMENT = 0.995
 SIZE = (1024, 512)  # the CPU benchmark size; DABNet's native 2048x1024 costs seconds a frame here
 
 
@@ -28,24 +28,12 @@ def frames() -> list[np.ndarray]:
     return [read_rgb(root / f"{name}_leftImg8bit.png") for name in VAL_FRAMES]
 
 
-def _model(name: str, tmp_path_factory: pytest.TempPathFactory):
-    if name == "demo":
-        return load_model("demo")
-    destination = tmp_path_factory.mktemp(name) / f"{name}.safetensors"
-    if name == "dabnet":
-        from models.importers.paddle_dabnet import import_dabnet
-
-        import_dabnet(require_shared("weights/dabnet_cityscapes_paddle.params"), destination)
-    else:
-        from models.importers.torch_espnetv2 import import_espnetv2
-
-        import_espnetv2(require_shared("weights/espnetv2_s_2.0_city_1024x512.pth"), destination)
-    return load_checkpoint(destination)
-
-
 @pytest.mark.parametrize("name", ["dabnet", "espnetv2", "demo"])
-def test_cpu_bf16_agrees_with_fp32(name, frames, tmp_path_factory):
-    model, card = _model(name, tmp_path_factory)
+def test_cpu_bf16_agrees_with_fp32(name, frames, request):
+    if name == "demo":
+        model, card = load_model("demo")
+    else:
+        model, card = load_checkpoint(request.getfixturevalue(f"{name}_checkpoint"))
     size = card.input.size if name == "demo" else SIZE
     if name == "demo":
         drive = SyntheticDrive(seed=7)  # the demo's held-out drive
@@ -53,6 +41,6 @@ def test_cpu_bf16_agrees_with_fp32(name, frames, tmp_path_factory):
     fp32 = TorchBackend(model, card, device="cpu", precision="fp32", input_size=size).infer(frames)
     bf16 = TorchBackend(model, card, device="cpu", precision="bf16", input_size=size).infer(frames)
     assert bf16.valid == [True] * len(frames)
-    agreement = [float(np.mean(a == b)) for a, b in zip(bf16.masks, fp32.masks, strict=True)]
+    agreement = frame_agreement(bf16.masks, fp32.masks)
     print(f"{name} bf16 vs fp32 agreement: {agreement}")
     assert min(agreement) >= MIN_AGREEMENT

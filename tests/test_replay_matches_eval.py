@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from models.eval import evaluate
-from models.importers.paddle_dabnet import import_dabnet
 from stream.batcher import BatchConfig
 from stream.config import PipelineConfig
 from tests.conftest import require_shared
@@ -25,13 +24,6 @@ def two_frame_cityscapes(root: Path, tmp: Path) -> Path:
         for stem in FRAMES:
             (folder / f"{stem}{suffix}").symlink_to(root / kind / "val" / "frankfurt" / f"{stem}{suffix}")
     return tmp
-
-
-@pytest.fixture(scope="module")
-def dabnet_checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dabnet") / "dabnet.safetensors"
-    import_dabnet(require_shared("weights/dabnet_cityscapes_paddle.params"), out)
-    return out
 
 
 async def test_replayed_dabnet_iou_equals_eval(dabnet_checkpoint, tmp_path):

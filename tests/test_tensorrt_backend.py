@@ -25,7 +25,6 @@ from models.backends.registry import BackendError, create_backend, model_fingerp
 from models.backends.torch_backend import TorchBackend
 from models.checkpoint import load_checkpoint
 from models.export import EXPORT_VERSION
-from models.importers.paddle_dabnet import import_dabnet
 from models.registry import load_model
 from models.tensorrt_build import (
     OnnxInput,
@@ -44,20 +43,12 @@ from models.tensorrt_build import (
 )
 from stream.sources.files import read_rgb
 from tests.conftest import require_shared
+from tests.parity import MIN_AGREEMENT, needs_gpu, pooled_agreement
 
-MIN_AGREEMENT = 0.995
 # INT8 may legitimately miss MIN_AGREEMENT (implicit quantisation moves class boundaries), but an engine
 # below this floor is broken (bad calibration scales, wrong input scaling), not merely quantised.
 INT8_FLOOR = 0.95
 DEMO_SIZE = (512, 256)  # (width, height)
-DABNET_WEIGHTS = "weights/dabnet_cityscapes_paddle.params"
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    assert [m.shape for m in masks] == [r.shape for r in reference]
-    same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
-    return same / sum(r.size for r in reference)
 
 
 def _val_images(count: int) -> list[np.ndarray]:
@@ -433,10 +424,8 @@ def demo() -> tuple:
 
 
 @pytest.fixture(scope="module")
-def dabnet(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    destination = tmp_path_factory.mktemp("dabnet") / "dabnet-cityscapes.safetensors"
-    import_dabnet(require_shared(DABNET_WEIGHTS), destination)
-    model, card = load_checkpoint(destination)
+def dabnet(dabnet_checkpoint: Path) -> tuple:
+    model, card = load_checkpoint(dabnet_checkpoint)
     return model, card, card.input.size
 
 
@@ -479,13 +468,13 @@ def test_fp16_engine_agrees_with_torch_fp32(trt, which: str, request, engine_cac
     single = [backend.infer([frame]).masks[0] for frame in val_frames]
     backend.close()
     print(
-        f"{which} fp16 agreement: batch {_agreement(batched.masks, reference):.5f}, "
-        f"single {_agreement(single, reference):.5f}"
+        f"{which} fp16 agreement: batch {pooled_agreement(batched.masks, reference):.5f}, "
+        f"single {pooled_agreement(single, reference):.5f}"
     )
     assert backend.max_batch == 2 and len(batched.masks) == len(val_frames) == 2
     assert all(batched.valid)
-    assert _agreement(batched.masks, reference) >= MIN_AGREEMENT
-    assert _agreement(single, reference) >= MIN_AGREEMENT
+    assert pooled_agreement(batched.masks, reference) >= MIN_AGREEMENT
+    assert pooled_agreement(single, reference) >= MIN_AGREEMENT
     with pytest.raises(RuntimeError, match="is closed"):
         backend.infer(val_frames[:1])
 
@@ -529,7 +518,7 @@ def test_int8_calibration_cache_is_written_then_reused(
 
 @needs_gpu
 @pytest.mark.timeout(1200)
-def test_int8_engine_agreement(trt, demo, engine_cache: Path, cityscapes_root: Path, val_frames) -> None:
+def test_int8_enginepooled_agreement(trt, demo, engine_cache: Path, cityscapes_root: Path, val_frames) -> None:
     model, card, size = demo
     _build(
         model,
@@ -544,7 +533,7 @@ def test_int8_engine_agreement(trt, demo, engine_cache: Path, cityscapes_root: P
     backend = _tensorrt_backend(model, card, size, engine_cache, "int8")
     result = backend.infer(val_frames)
     backend.close()
-    agreement = _agreement(result.masks, _reference(model, card, size, val_frames))
+    agreement = pooled_agreement(result.masks, _reference(model, card, size, val_frames))
     print(f"demo int8 agreement: {agreement:.5f}")
     assert all(result.valid)
     assert agreement >= INT8_FLOOR  # hard: a broken engine fails here
