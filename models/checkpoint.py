@@ -45,9 +45,22 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
-        w, h = self.size
-        if w % self.divisor or h % self.divisor:
-            raise ValueError(f"input size {w}x{h} is not a multiple of {self.divisor}")
+        problem = self.size_problem(*self.size)
+        if problem:
+            raise ValueError(f"native {problem}")
+
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why ``width`` x ``height`` cannot be fed to the model (with the nearest size that can),
+        or None when it can: the one rule every backend, export and eval applies."""
+        divisor = self.divisor
+        if width > 0 and height > 0 and width % divisor == 0 and height % divisor == 0:
+            return None
+        near_w, near_h = (max(divisor, round(v / divisor) * divisor) for v in (width, height))
+        return (
+            f"input size {width}x{height}: width and height must be positive multiples of {divisor} (the "
+            f"feature maps are downsampled {divisor}x); nearest valid size {near_w}x{near_h}, "
+            f"native size {self.size[0]}x{self.size[1]}"
+        )
 
 
 @dataclass(frozen=True)

@@ -145,17 +145,9 @@ def list_frames(root: Path, split: str, city: str | None, limit: int | None = No
 
 def check_input_size(size: tuple[int, int], card: ModelCard) -> None:
     """ValueError explaining the divisor rule when ``size`` cannot be fed to the model."""
-    width, height = size
-    divisor = card.input.divisor
-    if width > 0 and height > 0 and width % divisor == 0 and height % divisor == 0:
-        return
-    near_w, near_h = (max(divisor, round(v / divisor) * divisor) for v in (width, height))
-    native_w, native_h = card.input.size
-    raise ValueError(
-        f"--size {width}x{height}: model {card.model_id} needs a width and height that are positive "
-        f"multiples of {divisor} (its feature maps are downsampled {divisor}x); nearest valid size "
-        f"{near_w}x{near_h}, native size {native_w}x{native_h}"
-    )
+    problem = card.input.size_problem(*size)
+    if problem:
+        raise ValueError(f"--size: model {card.model_id}: {problem}")
 
 
 def _make_backend(

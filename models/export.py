@@ -206,9 +206,9 @@ def read_metadata(path: Path | str) -> dict[str, str]:
 
 def _input_size(card: ModelCard, input_size: tuple[int, int] | None) -> tuple[int, int]:
     width, height = input_size or card.input.size
-    divisor = card.input.divisor
-    if width <= 0 or height <= 0 or width % divisor or height % divisor:
-        raise ExportError(f"input size {width}x{height} must be positive multiples of {divisor} for {card.model_id}")
+    problem = card.input.size_problem(width, height)
+    if problem:
+        raise ExportError(f"model {card.model_id}: {problem}")
     return int(width), int(height)
 
 

@@ -190,3 +190,23 @@ def test_category_fold_is_the_log_sum_exp_of_each_categorys_members():
         assert close.all(), category.name
     assert torch.isfinite(folded).all()
     assert folded[0, Category.FLAT, 0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_backends_name_a_bad_input_size_and_unknown_options(backend):
+    from models.backends.registry import BackendError, create_backend
+
+    model, card = load_model("demo")  # divisor 32, native 512x256
+    with pytest.raises(BackendError, match=r"demo.*input size 500x250: .*multiples of 32.*nearest valid size 512x256"):
+        create_backend(backend, model, card, device="cpu", input_size=(500, 250))
+    with pytest.raises(BackendError, match=r"unknown options \['bogus'\]"):
+        create_backend(backend, model, card, device="cpu", options={"bogus": 1})
+
+
+def test_input_spec_size_rule():
+    spec = InputSpec(size=(1024, 512), divisor=16)
+    assert spec.size_problem(2048, 1024) is None
+    assert "nearest valid size 192x96" in spec.size_problem(200, 100)
+    assert "nearest valid size 16x16" in spec.size_problem(0, -5)
+    with pytest.raises(ValueError, match="native input size 100x100"):
+        InputSpec(size=(100, 100), divisor=32)

@@ -43,7 +43,7 @@ import numpy as np
 from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
-from models.backends.registry import BackendError, model_fingerprint
+from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
 from models.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
@@ -89,19 +89,14 @@ class OnnxRuntimeBackend:
             raise BackendError(f"onnxruntime is not installed ({exc}): pip install 'roadseg[onnx]'") from exc
         from models import export
 
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise BackendError(f"onnxruntime backend: unknown options {unknown}; valid: {', '.join(OPTIONS)}")
+        options = check_options(self.name, options, OPTIONS)
         self._ort = ort
         self.device = self._resolve_device(device)
         self.precision = self._resolve_precision(precision, self.device)
         self.model_id = card.model_id
         self.card = card
-        width, height = input_size or card.input.size
-        if width % card.input.divisor or height % card.input.divisor:
-            raise BackendError(f"input size {width}x{height} must be a multiple of {card.input.divisor}")
-        self.input_hw = (height, width)
+        self.input_hw = model_input_hw(card, input_size)
+        height, width = self.input_hw
         fingerprint = model_fingerprint(model, card, (width, height))
         explicit = options.get("onnx_path")
         if explicit:

@@ -31,6 +31,25 @@ class BackendError(ValueError):
     """An unknown backend, or one that cannot run here; the message says why."""
 
 
+def check_options(backend: str, options: Mapping[str, object] | None, valid: tuple[str, ...]) -> dict[str, object]:
+    """A backend's ``options`` as a dict; BackendError naming any it does not take."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise BackendError(f"{backend} backend: unknown options {unknown}; valid: {', '.join(valid) or 'none'}")
+    return options
+
+
+def model_input_hw(card: ModelCard, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(height, width) a backend feeds the model: ``input_size`` (width, height) or the card's
+    native size; BackendError when the model cannot take it."""
+    width, height = input_size or card.input.size
+    problem = card.input.size_problem(width, height)
+    if problem:
+        raise BackendError(f"model {card.model_id}: {problem}")
+    return height, width
+
+
 def create_backend(
     name: str,
     model: nn.Module,

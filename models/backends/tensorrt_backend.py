@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
-from models.backends.registry import BackendError, model_fingerprint
+from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
 from models.backends.torch_backend import _group_by_shape, _ms_since, check_images, pinned_stack
 from models.checkpoint import ModelCard
 from models.tensorrt_build import resize_nhwc_uint8
@@ -86,10 +86,7 @@ class TensorRTBackend:
         input_size: tuple[int, int] | None = None,
         options: dict[str, object] | None = None,
     ) -> None:
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise BackendError(f"tensorrt backend: unknown options {unknown}; valid: {', '.join(OPTIONS)}")
+        options = check_options(self.name, options, OPTIONS)
         if device not in ("auto", "cuda"):
             raise BackendError(f"tensorrt backend runs on a CUDA GPU; device must be auto or cuda, got {device!r}")
         if precision not in PRECISIONS:
@@ -98,10 +95,8 @@ class TensorRTBackend:
         self.precision = "fp16" if precision == "auto" else precision
         self.model_id = card.model_id
         self.card = card
-        width, height = input_size or card.input.size
-        if width % card.input.divisor or height % card.input.divisor:
-            raise BackendError(f"input size {width}x{height} must be a multiple of {card.input.divisor}")
-        self.input_hw = (height, width)
+        self.input_hw = model_input_hw(card, input_size)
+        height, width = self.input_hw
         try:
             self._trt = trt = import_tensorrt()
             gpu = cuda_gpu_name()

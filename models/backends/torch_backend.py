@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
+from models.backends.registry import check_options, model_input_hw
 from models.category_head import inference_forward
 from models.checkpoint import ModelCard
 
@@ -78,16 +79,12 @@ class TorchBackend:
         input_size: tuple[int, int] | None = None,
         options: dict[str, object] | None = None,
     ) -> None:
-        if options:
-            raise ValueError(f"torch backend takes no options, got {sorted(options)}")
+        check_options(self.name, options, ())
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model_id = card.model_id
         self.card = card
-        width, height = input_size or card.input.size
-        if width % card.input.divisor or height % card.input.divisor:
-            raise ValueError(f"input size {width}x{height} must be a multiple of {card.input.divisor}")
-        self.input_hw = (height, width)
+        self.input_hw = model_input_hw(card, input_size)
         self._torch_device = torch.device(self.device)
         self._model = model.eval().to(self._torch_device).to(memory_format=torch.channels_last)
         self._net_forward = inference_forward(self._model)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput
-from models.backends.registry import BackendError
+from models.backends.registry import BackendError, check_options
 from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since, check_images
 from models.checkpoint import ModelCard
 
@@ -102,10 +102,7 @@ class CudaGraphBackend(TorchBackend):
         input_size: tuple[int, int] | None = None,
         options: dict[str, object] | None = None,
     ) -> None:
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise BackendError(f"torch-cudagraph: unknown options {unknown}; valid: {', '.join(OPTIONS)}")
+        options = check_options(self.name, options, OPTIONS)
         self.batch_sizes = parse_batch_sizes(options.get("batch_sizes", DEFAULT_BATCH_SIZES))
         self.compiled = _parse_flag(options.get("compile", False))
         if device not in ("auto", "cuda"):
