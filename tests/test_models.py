@@ -203,6 +203,19 @@ def test_backends_name_a_bad_input_size_and_unknown_options(backend):
         create_backend(backend, model, card, device="cpu", options={"bogus": 1})
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("bad", [np.zeros((256, 512, 3), np.float32), np.zeros((256, 512), np.uint8),
+                                 np.zeros((256, 512, 4), np.uint8)])
+def test_backends_name_an_image_that_is_not_hxwx3_uint8(backend, bad):
+    from models.backends.registry import create_backend
+
+    model, card = load_model("demo")
+    good = np.zeros((256, 512, 3), np.uint8)
+    runner = create_backend(backend, model, card, device="cpu", precision="fp32")
+    with pytest.raises(ValueError, match=r"image 1: expected HxWx3 uint8 RGB, got"):
+        runner.infer([good, bad])
+
+
 def test_input_spec_size_rule():
     spec = InputSpec(size=(1024, 512), divisor=16)
     assert spec.size_problem(2048, 1024) is None

@@ -36,3 +36,11 @@ class InferenceBackend(Protocol):
         ...
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None: ...
+
+
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """A ValueError naming the first image that is not HxWx3 uint8 RGB: anything else would be
+    silently cast (floats in [0, 1] become black) or fail deep inside torch with no index."""
+    for i, image in enumerate(images):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image {i}: expected HxWx3 uint8 RGB, got {image.dtype} {image.shape}")

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from models.backends.base import BackendTimings, BatchOutput
+from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
 from models.checkpoint import ModelCard
 
@@ -217,9 +217,8 @@ class OnnxRuntimeBackend:
         valid = [True] * len(images)
         preprocess_ms = inference_ms = postprocess_ms = 0.0
         groups: dict[tuple[int, ...], list[int]] = {}
+        check_images(images)
         for i, image in enumerate(images):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"image {i}: expected HxWx3 uint8 RGB, got {image.dtype} {image.shape}")
             groups.setdefault(image.shape, []).append(i)
         for indices in groups.values():
             start = time.monotonic_ns()

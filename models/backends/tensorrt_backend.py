@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backends.base import BackendTimings, BatchOutput
+from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
-from models.backends.torch_backend import _group_by_shape, _ms_since, check_images, pinned_stack
+from models.backends.torch_backend import _group_by_shape, _ms_since, pinned_stack
 from models.checkpoint import ModelCard
 from models.tensorrt_build import resize_nhwc_uint8
 from models.tensorrt_cache import (

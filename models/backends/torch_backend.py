@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backends.base import BackendTimings, BatchOutput
+from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import check_options, model_input_hw
 from models.category_head import inference_forward
 from models.checkpoint import ModelCard
@@ -155,14 +155,6 @@ class TorchBackend:
             for j, index in enumerate(indices):
                 masks[index] = labels[j]
         return masks, [bool(v) for v in finite]
-
-
-def check_images(images: Sequence[np.ndarray]) -> None:
-    """A ValueError naming the first image that is not HxWx3 uint8 RGB: anything else would be
-    silently cast (floats in [0, 1] become black) or fail deep inside torch with no index."""
-    for i, image in enumerate(images):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image {i}: expected HxWx3 uint8 RGB, got {image.dtype} {image.shape}")
 
 
 def pinned_stack(images: Sequence[np.ndarray]) -> torch.Tensor:

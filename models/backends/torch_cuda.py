@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.backends.base import BackendTimings, BatchOutput
+from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options
-from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since, check_images
+from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since
 from models.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
