@@ -94,6 +94,11 @@ class MaskHeader:
     dropped_before: int  # frames of this stream dropped by the publisher since the previous message
     iou: IoUReport | None
     classes: tuple[str, ...] = CLASS_NAMES
+    # Added in version 1 (add-only; absent in older messages, so decoders default them):
+    live: bool = False  # the stream is a live camera (newest frame kept) rather than a lossless replay
+    max_age_ms: float | None = None  # the staleness budget that applies to this stream; None: none (replay)
+    stream_state: str = "live"  # connecting | live | stalled | reconnecting | ended | failed
+    reconnects: int = 0  # times this stream was re-opened after a loss, so far
 
     @property
     def latency_ms(self) -> float:
@@ -177,6 +182,10 @@ def header_to_json(header: MaskHeader) -> dict[str, Any]:
         "dropped_before": header.dropped_before,
         "iou": None if iou is None else {"per_class": list(iou.per_class), "mean": iou.mean},
         "classes": list(header.classes),
+        "live": header.live,
+        "max_age_ms": header.max_age_ms,
+        "stream_state": header.stream_state,
+        "reconnects": header.reconnects,
     }
 
 
@@ -244,6 +253,10 @@ def header_from_json(obj: Mapping[str, Any]) -> MaskHeader:
         dropped_before=_take(obj, "dropped_before", int),
         iou=_iou_from_json(_take(obj, "iou", dict, nullable=True)),
         classes=tuple(_take_list(obj, "classes", str)),
+        live=_take_optional(obj, "live", bool, False),
+        max_age_ms=_take_optional(obj, "max_age_ms", float, None),
+        stream_state=_take_optional(obj, "stream_state", str, "live"),
+        reconnects=_take_optional(obj, "reconnects", int, 0),
     )
     _check_header(header)
     return header
@@ -289,6 +302,13 @@ def _take(obj: Mapping[str, Any], name: str, kind: type, *, nullable: bool = Fal
     return float(value) if kind is float else value
 
 
+def _take_optional(obj: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+    """A key added within a version: older publishers omit it, so absent (or null) means ``default``."""
+    if obj.get(name) is None:
+        return default
+    return _take(obj, name, kind)
+
+
 def _take_list(
     obj: Mapping[str, Any], name: str, kind: type, *, nullable: bool = False, where: str = ""
 ) -> list[Any]:
@@ -309,7 +329,7 @@ def _check_header(h: MaskHeader) -> None:
     if not h.stream_id:
         raise SchemaError("field stream_id must not be empty")
     _check_size(h.height, h.width)
-    for name in ("seq", "dropped_before"):
+    for name in ("seq", "dropped_before", "reconnects"):
         if getattr(h, name) < 0:
             raise SchemaError(f"field {name} must be >= 0, got {getattr(h, name)}")
     if h.batch_size < 1:

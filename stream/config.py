@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stream.batcher import BatchConfig
+from stream.sources.base import ReplayMode
+from stream.sources.cameras import RtspTransport
+from stream.sources.limits import FrameLimits
+from stream.sources.live import LiveOptions
 
 DEFAULT_ZMQ_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_VIEWER = ("127.0.0.1", 8080)
+DEFAULT_MAX_AGE_MS = 500.0  # a live mask older than this at publish is useless to a planner at speed
+LIVE_QUEUE_DEPTH = 1  # a live stream keeps only its newest frame waiting
 
 
 @dataclass(frozen=True)
@@ -20,15 +26,22 @@ class PipelineConfig:
     input_size: tuple[int, int] | None = None  # (width, height); None: the model's native size
     zmq_address: str | None = DEFAULT_ZMQ_ADDRESS  # None: do not publish
     zmq_wait_subscriber_s: float = 0.0  # replay: wait this long for a subscriber before frame 0
+    zmq_fallback: bool = False  # demo: if the address is in use, publish on a free port instead
     mask_encoding: str = "u8-zlib"
     viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
+    viewer_fallback: bool = False  # demo: if the port is taken, serve on a free one
     max_frames: int | None = None  # per source
     realtime: bool = False  # replay at the recorded rate instead of as fast as possible
     replay_rate: float | None = None  # replay at this many frames/s per source (implies pacing)
     batch: BatchConfig = field(default_factory=BatchConfig)
-    queue_depth: int = 0  # frames per source queue; 0: 2 x max_batch
+    queue_depth: int = 0  # frames per replay source queue; 0: 2 x max_batch
+    live_queue_depth: int = LIVE_QUEUE_DEPTH
     result_depth: int = 16  # results waiting to be published
-    live_max_age_ms: float = 500.0  # a live frame older than this at publish is marked invalid
+    max_age_ms: float = DEFAULT_MAX_AGE_MS  # live staleness budget: older frames are dropped or flagged
+    replay_mode: ReplayMode = ReplayMode.LOSSLESS  # a paced replay that falls behind: keep all or keep up
+    frame_limits: FrameLimits = field(default_factory=FrameLimits)
+    rtsp_transport: RtspTransport = RtspTransport.TCP
+    live: LiveOptions = field(default_factory=LiveOptions)
     stats_interval_s: float = 5.0  # periodic one-line status log; 0 disables
     decode_threads: int = 0  # shared decode pool; 0: one per CPU core
     void_masks: tuple[str, ...] = ()  # STREAM=PATH: static per-camera void regions (bonnet, border)
@@ -40,8 +53,10 @@ class PipelineConfig:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
         if self.replay_rate is not None and self.replay_rate <= 0:
             raise ValueError(f"replay rate must be > 0 frames/s, got {self.replay_rate}")
-        if self.queue_depth < 0 or self.result_depth < 1:
-            raise ValueError("queue_depth must be >= 0 and result_depth >= 1")
+        if self.queue_depth < 0 or self.result_depth < 1 or self.live_queue_depth < 1:
+            raise ValueError("queue_depth must be >= 0, live_queue_depth and result_depth >= 1")
+        if not self.max_age_ms > 0:
+            raise ValueError(f"max_age_ms must be > 0, got {self.max_age_ms}")
 
     @property
     def source_queue_depth(self) -> int:

@@ -1,9 +1,14 @@
 """The pipeline runner: sources -> per-source queues -> batcher -> inference ->
 post-processing -> ZeroMQ publish + viewer + telemetry.
 
-Threads: one per source (decode), one for inference (the model is used by one
-thread at a time), one for post-processing (IoU, mask compression). The event
-loop only moves references and sends already-encoded bytes.
+Threads: one per source (decode; a live camera has its own reader), one for the
+model (a daemon, so a stop during a long model load never waits for it), one for
+post-processing (IoU, mask compression). The event loop only moves references and
+sends already-encoded bytes.
+
+Start-up checks everything cheap first (sources, void masks, addresses) so bad
+input fails in well under a second, and only then loads the model. A stop is
+honoured at every await, start-up included.
 """
 
 from __future__ import annotations
@@ -12,44 +17,55 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from decision_bridge.publisher import MaskPublisher
+from decision_bridge.publisher import MaskPublisher, PublisherError
 from decision_bridge.schema import Encoding, encode
 from models.backends.base import InferenceBackend
+from stream.accounting import Ledger
 from stream.batcher import AllStreamsEnded, Batcher
 from stream.clock import MONOTONIC, Clock
 from stream.config import PipelineConfig
+from stream.daemon_executor import DaemonThreadExecutor
 from stream.frame import Frame
+from stream.health import StreamState
+from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
 from stream.queues import BoundedQueue, DropPolicy, QueueClosed
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.stages import Encoded, Inferred, encode_result, make_header, validity
 from stream.telemetry import FrameRecord, Telemetry
 from stream.void_mask import parse_void_masks
-from web_viewer.app import ViewerServer
+from web_viewer.app import ViewerError, ViewerServer
 from web_viewer.hub import ViewerHub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BackendFactory = Callable[[], InferenceBackend]
+DROP_CAUSE_SHUTDOWN = "shutdown"  # read, then the stop came before it could be queued
+DROP_CAUSE_ABORTED = "aborted"  # queued when a forced stop (second Ctrl-C) came
+FAILURE_LOG_EVERY = 100  # a backend failing on every frame logs once, then every this many
 
 
 class PipelineError(ValueError):
     """The pipeline cannot start with this configuration; the message says why."""
 
 
+class Stopped(Exception):
+    """stop() came during start-up."""
+
+
 class Pipeline:
     def __init__(self, config: PipelineConfig, backend_factory: BackendFactory, clock: Clock = MONOTONIC):
         self.config = config
         self.telemetry = Telemetry()
+        self.ledger = Ledger()
         self._backend_factory = backend_factory
         self._clock = clock
         self._encoding = Encoding(config.mask_encoding)
         self._void_masks = parse_void_masks(config.void_masks)
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._infer_pool = DaemonThreadExecutor("infer")
         self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
         self._decode_pool = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1,
                                                thread_name_prefix="decode")
@@ -62,54 +78,80 @@ class Pipeline:
         self._hub: ViewerHub | None = None
         self._viewer: ViewerServer | None = None
         self._pumps: list[asyncio.Task[None]] = []
-        self._drops_seen: dict[str, int] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._stop_event = asyncio.Event()
         self._stop_requested = False
+        self._aborted = False
+        self._model_ready = False
         self.viewer_port: int | None = None
         self.zmq_address: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> dict[str, Any]:
-        """Run until every source ends (or :meth:`stop`); returns the telemetry summary."""
+        """Run until every source ends (or :meth:`stop`); returns the summary."""
         try:
             await self._start()
             await self._process()
+        except Stopped:
+            log.info("stopped during start-up")
         finally:
             await self._shutdown()
-        return self.telemetry.summary()
+        return self.summary()
 
     def stop(self) -> None:
         """Ordered shutdown: stop reading sources, finish frames already read."""
         self._stop_requested = True
+        self._stop_event.set()
         for task in self._pumps:
             task.cancel()
 
-    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    def abort(self) -> None:
+        """Forced shutdown (a second Ctrl-C): queued frames are counted as aborted, not processed."""
+        self._aborted = True
+        self.stop()
+        for task in self._workers:
+            task.cancel()
+
+    async def _in(self, pool: Executor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    async def _unless_stopped(self, work: Awaitable[T]) -> T:
+        """``work``'s result, or Stopped as soon as stop() comes (the work is abandoned)."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.create_task(self._stop_event.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise Stopped
+
     async def _start(self) -> None:
-        self._backend = await self._in(self._infer_pool, self._backend_factory)
-        await self._in(self._infer_pool, self._backend.warmup, (1,))
         await self._open_sources()
-        if self.config.zmq_address:
-            self._publisher = MaskPublisher(self.config.zmq_address)
-            self.zmq_address = self._publisher.bind()
-            log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)",
-                     self.zmq_address, self.zmq_address)
-        if self.config.viewer:
-            self._hub = ViewerHub()
-            self._hub.start()
-            self._viewer = ViewerServer(self._hub, *self.config.viewer)
-            self.viewer_port = await self._viewer.start()
-            log.info("viewer: http://%s:%d/", self.config.viewer[0], self.viewer_port)
+        self._bind_publisher()
+        await self._start_viewer()
+        if self._stop_requested:
+            raise Stopped
+        self._backend = await self._unless_stopped(self._in(self._infer_pool, self._backend_factory))
+        await self._unless_stopped(self._in(self._infer_pool, self._backend.warmup, (1,)))
+        self._model_ready = True
+        for source in self._sources:
+            await source.start()
         if self._publisher and self.config.zmq_wait_subscriber_s > 0:
-            joined = await self._publisher.wait_for_subscriber(self.config.zmq_wait_subscriber_s)
+            joined = await self._unless_stopped(
+                self._publisher.wait_for_subscriber(self.config.zmq_wait_subscriber_s))
             log.info("subscriber %s", "joined" if joined else "did not join in time; publishing anyway")
 
     async def _open_sources(self) -> None:
-        options = SourceOptions(realtime=self.config.realtime, rate=self.config.replay_rate,
-                                max_frames=self.config.max_frames, clock=self._clock, executor=self._decode_pool)
-        named = [split_source_name(text, f"cam{i}") for i, text in enumerate(self.config.sources)]
+        config = self.config
+        options = SourceOptions(realtime=config.realtime, rate=config.replay_rate, max_frames=config.max_frames,
+                                clock=self._clock, executor=self._decode_pool, replay_mode=config.replay_mode,
+                                limits=config.frame_limits, rtsp_transport=config.rtsp_transport,
+                                live=config.live)
+        named = [split_source_name(text, f"cam{i}") for i, text in enumerate(config.sources)]
         ids = [source_id for source_id, _ in named]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -120,82 +162,182 @@ class Pipeline:
         for source_id, spec in named:
             self._sources.append(await open_source(source_id, spec, options))
 
+    def _bind_publisher(self) -> None:
+        address = self.config.zmq_address
+        if not address:
+            return
+        self._publisher = MaskPublisher(address)
+        try:
+            self.zmq_address = self._publisher.bind()
+        except PublisherError as exc:
+            if not self.config.zmq_fallback or "in use" not in str(exc):
+                raise
+            fallback = address.rsplit(":", 1)[0] + ":0"
+            self._publisher.close()
+            self._publisher = MaskPublisher(fallback)
+            self.zmq_address = self._publisher.bind()
+            log.warning("%s is in use; publishing on %s instead", address, self.zmq_address)
+        log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)", self.zmq_address, self.zmq_address)
+
+    async def _start_viewer(self) -> None:
+        if not self.config.viewer:
+            return
+        self._hub = ViewerHub()
+        self._hub.start()
+        host, port = self.config.viewer
+        self._viewer = ViewerServer(self._hub, host, port, status=self.stream_status)
+        try:
+            self.viewer_port = await self._viewer.start()
+        except ViewerError as exc:
+            if not self.config.viewer_fallback or "in use" not in str(exc):
+                raise
+            log.warning("viewer port %d unavailable (%s); using a free port", port, exc)
+            self._viewer = ViewerServer(self._hub, host, 0, status=self.stream_status)
+            self.viewer_port = await self._viewer.start()
+        log.info("viewer: http://%s:%d/", host, self.viewer_port)
+
     async def _process(self) -> None:
         notify = asyncio.Event()
-        depth = self.config.source_queue_depth
         for source in self._sources:
             policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.BLOCK
+            depth = self.config.live_queue_depth if source.live else self.config.source_queue_depth
             queue: BoundedQueue[Frame] = BoundedQueue(f"{source.source_id}.frames", depth, policy, notify=notify)
             self._queues.append(queue)
             self._streams[source.source_id] = (source, queue)
             self._pumps.append(asyncio.create_task(self._pump(source, queue), name=f"pump-{source.source_id}"))
+        if self._stop_requested:  # stop() came between start-up and here
+            self.stop()
         batcher = Batcher(self._queues, notify, self.config.batch, self._clock)
-        workers = [
+        self._workers = [
             asyncio.create_task(self._infer_loop(batcher), name="infer"),
             asyncio.create_task(self._publish_loop(), name="publish"),
         ]
         if self.config.stats_interval_s > 0:
-            workers.append(asyncio.create_task(self._stats_loop(), name="stats"))
+            self._workers.append(asyncio.create_task(self._stats_loop(), name="stats"))
         try:
-            await asyncio.gather(*workers[:2])
+            await asyncio.gather(*self._workers[:2], return_exceptions=self._aborted)
+        except asyncio.CancelledError:
+            if not self._aborted:
+                raise
         finally:
-            for task in (*workers, *self._pumps):
+            for task in (*self._workers, *self._pumps):
                 task.cancel()
-            await asyncio.gather(*workers, *self._pumps, return_exceptions=True)
+            await asyncio.gather(*self._workers, *self._pumps, return_exceptions=True)
 
     async def _shutdown(self) -> None:
         for source in self._sources:
             with contextlib.suppress(Exception):
                 await source.close()
-            self.telemetry.add_drops(source.source_id, source.drops)
-            self.telemetry.frames_read[source.source_id] = source.frames_read
-        for queue in self._queues:
-            self.telemetry.add_drops(queue.name.split(".")[0], queue.drops)
+        for queue in self._queues:  # a forced stop leaves frames queued: count them
+            while (frame := queue.get_nowait()) is not None:
+                self.ledger.drop(frame.source_id, DROP_CAUSE_ABORTED)
+        while (item := self._results.get_nowait()) is not None:
+            self.ledger.fail(item.frame, DROP_CAUSE_ABORTED)
         if self._viewer:
             await self._viewer.close()
         if self._hub:
             await self._hub.close()
         if self._publisher:
-            self.telemetry.add_drops("zmq", Counter(hwm=self._publisher.dropped_hwm))
+            self.ledger.zmq_hwm = self._publisher.dropped_hwm
             self._publisher.close()
-        self._infer_pool.shutdown(wait=True)
-        self._post_pool.shutdown(wait=True)
-        self._decode_pool.shutdown(wait=True)
+        # A model still loading (stop during start-up) or a forced stop is not waited for.
+        self._infer_pool.shutdown(wait=self._model_ready and not self._aborted)
+        self._post_pool.shutdown(wait=not self._aborted)
+        self._decode_pool.shutdown(wait=not self._aborted)
+
+    # ------------------------------------------------------------------ status
+
+    def stream_status(self) -> dict[str, dict[str, Any]]:
+        """Per stream: health, accounting, rates (for the summary, the viewer and the stats log)."""
+        now_ns = self._clock.now_ns()
+        out: dict[str, dict[str, Any]] = {}
+        for source in self._sources:
+            queue = self._streams.get(source.source_id, (None, None))[1]
+            drops = self.ledger.drops_of(source, queue)
+            published = self.telemetry.streams[source.source_id].frames if (
+                source.source_id in self.telemetry.streams) else 0
+            out[source.source_id] = {
+                **source.health(now_ns).to_json(),
+                "source": source.spec,
+                "frames_in": source.frames_read,
+                "dropped": dict(drops),
+                "unaccounted": source.frames_read - published - sum(drops.values()) - self._in_flight(source),
+                "lag_ms": round(source.max_lag_ms, 1),
+            }
+        return out
+
+    def _in_flight(self, source: FrameSource) -> int:
+        """Frames of this stream between its queue and the publisher right now (0 after shutdown)."""
+        queue = self._streams.get(source.source_id, (None, None))[1]
+        return (len(queue) if queue else 0) + self.ledger.in_flight[source.source_id]
+
+    def summary(self) -> dict[str, Any]:
+        status = self.stream_status()
+        for source in self._sources:
+            self.telemetry.frames_read[source.source_id] = source.frames_read
+        self.telemetry.drops.clear()
+        for sid, entry in status.items():
+            for cause, count in entry["dropped"].items():
+                self.telemetry.drops[f"{sid}:{cause}"] += count
+        if self.ledger.zmq_hwm:
+            self.telemetry.drops["zmq:hwm"] += self.ledger.zmq_hwm
+        return self.telemetry.summary(streams=status)
 
     # ------------------------------------------------------------------ stages
 
     async def _pump(self, source: FrameSource, queue: BoundedQueue[Frame]) -> None:
+        frame: Frame | None = None
         try:
             while True:
-                await queue.put(await source.recv())
+                frame = await source.recv()
+                await queue.put(frame)
+                frame = None
         except EndOfStream:
             pass
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, QueueClosed):
             pass  # stop(): end this stream, the frames already queued still get processed
         except Exception as exc:  # one broken stream must not stop the others
             message = f"stream {source.source_id} ({source.spec}) failed: {exc}"
             log.error(message)
             self.telemetry.errors.append(message)
+            source.state = StreamState.FAILED
         finally:
+            if frame is not None:  # read, but the stop came before it was queued
+                self.ledger.drop(source.source_id, DROP_CAUSE_SHUTDOWN)
             queue.close()
 
     async def _infer_loop(self, batcher: Batcher) -> None:
         assert self._backend is not None
+        gate = StalenessGate(self.config.max_age_ms, self._clock)
+        model = IsolatedInference(self._backend)
         try:
             while True:
                 try:
                     frames = await batcher.next_batch()
                 except AllStreamsEnded:
                     return
+                live = {sid for sid, (source, _) in self._streams.items() if source.live}
+                frames = gate.admit(frames, live, self.ledger)
+                if not frames:
+                    continue
+                self.ledger.enter(frames)
                 start_ns = self._clock.now_ns()
-                out = await self._in(self._infer_pool, self._backend.infer, [f.image for f in frames])
+                results, failures = await self._in(self._infer_pool, model.infer, frames)
                 done_ns = self._clock.now_ns()
-                for frame, mask, finite in zip(frames, out.masks, out.valid, strict=True):
-                    await self._results.put(
-                        Inferred(frame, mask, finite, len(frames), start_ns, done_ns, out.timings)
-                    )
+                gate.observe((done_ns - start_ns) / 1e6)
+                for frame, reason in failures:
+                    self._inference_failed(frame, reason)
+                for frame, mask, finite, timings in results:
+                    await self._results.put(Inferred(frame, mask, finite, len(frames), start_ns, done_ns, timings))
         finally:
             self._results.close()
+
+    def _inference_failed(self, frame: Frame, reason: str) -> None:
+        self.ledger.fail(frame, DROP_CAUSE_INFERENCE)
+        failed = self.ledger.drops_of(self._streams[frame.source_id][0], None)[DROP_CAUSE_INFERENCE]
+        if failed == 1 or failed % FAILURE_LOG_EVERY == 0:
+            log.error("stream %s: inference failed on frame %d (%s), %d so far; the run goes on",
+                      frame.source_id, frame.seq, reason, failed)
 
     async def _publish_loop(self) -> None:
         while True:
@@ -212,7 +354,7 @@ class Pipeline:
     def _publish(self, encoded: Encoded) -> None:
         assert self._backend is not None
         item, frame = encoded.item, encoded.item.frame
-        source, queue = self._streams[frame.source_id]
+        source, _queue = self._streams[frame.source_id]
         now_ns = self._clock.now_ns()
         header = make_header(
             encoded,
@@ -220,12 +362,15 @@ class Pipeline:
             model_id=self._backend.model_id,
             publish_ns=now_ns,
             publish_wall_ns=self._clock.wall_ns(),
-            invalid_reason=validity(item, now_ns, source.live, self.config.live_max_age_ms),
-            dropped_before=self._new_drops(source, queue),
+            invalid_reason=validity(item, now_ns, source.live, self.config.max_age_ms),
+            dropped_before=self.ledger.gap_before(frame.source_id, frame.seq),
+            health=source.health(now_ns),
+            max_age_ms=self.config.max_age_ms if source.live else None,
         )
         if self._publisher:
             self._publisher.send(encode(header, encoded.payload))
         sent_ns = self._clock.now_ns()
+        self.ledger.published(frame.source_id)
         if self._hub:
             self._hub.offer(frame.source_id, frame.image, item.mask, self._viewer_info(header))
         self.telemetry.record(
@@ -244,21 +389,16 @@ class Pipeline:
 
     def _viewer_info(self, header: Any) -> dict[str, Any]:
         info: dict[str, Any] = {"seq": header.seq, "latency_ms": round(header.latency_ms, 1), "valid": header.valid,
-                                "fps": round(self.telemetry.fps(), 1), "model": header.model_id}
+                                "fps": round(self.telemetry.fps(), 1), "model": header.model_id,
+                                "state": header.stream_state, "reconnects": header.reconnects}
         if header.iou is not None and header.iou.mean is not None:
             info["miou"] = round(header.iou.mean, 3)
         return info
-
-    def _new_drops(self, source: FrameSource, queue: BoundedQueue[Frame]) -> int:
-        """Frames of this stream dropped (any cause) since its previous message."""
-        total = sum(source.drops.values()) + sum(queue.drops.values())
-        new = total - self._drops_seen.get(source.source_id, 0)
-        self._drops_seen[source.source_id] = total
-        return new
 
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             ring = self.telemetry.stages["end_to_end"].summary()
-            log.info("frames %d  fps %.1f  latency p50 %.1f ms", self.telemetry.frames,
-                     self.telemetry.fps(), ring.get("p50", float("nan")))
+            states = " ".join(f"{sid}={s['state']}" for sid, s in self.stream_status().items())
+            log.info("frames %d  fps %.1f  latency p50 %.1f ms  %s", self.telemetry.frames,
+                     self.telemetry.fps(), ring.get("p50", float("nan")), states)

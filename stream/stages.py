@@ -10,6 +10,7 @@ from decision_bridge.schema import Encoding, IoUReport, MaskHeader, StageTimings
 from models.backends.base import BackendTimings
 from models.metrics import confusion_matrix, per_class_iou
 from stream.frame import Frame
+from stream.health import StreamHealth
 from stream.void_mask import VoidMask
 
 NS_PER_MS = 1e6
@@ -77,6 +78,8 @@ def make_header(
     publish_wall_ns: int,
     invalid_reason: str | None,
     dropped_before: int,
+    health: StreamHealth | None = None,
+    max_age_ms: float | None = None,
 ) -> MaskHeader:
     item = encoded.item
     frame = item.frame
@@ -104,4 +107,8 @@ def make_header(
         invalid_reason=invalid_reason,
         dropped_before=dropped_before,
         iou=iou_report(encoded.confusion),
+        live=health.live if health else False,
+        max_age_ms=max_age_ms,
+        stream_state=health.state.value if health else "live",
+        reconnects=health.reconnects if health else 0,
     )

@@ -17,6 +17,7 @@ PERCENTILES = (50, 95, 99)
 # Percentiles come from the most recent samples; a fixed ring keeps memory flat
 # over hours of driving (at 30 fps x 8 cameras this is ~4.5 minutes of frames).
 RING_SIZE = 65_536
+STREAM_RING_SIZE = 4096  # per-stream end-to-end latency: the summary's p50/p99 per camera
 
 
 class LatencyRing:
@@ -68,6 +69,14 @@ class StreamStats:
     frames: int = 0
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     has_truth: bool = False
+    latency: LatencyRing = field(default_factory=lambda: LatencyRing(STREAM_RING_SIZE))
+    first_ns: int | None = None
+    last_ns: int | None = None
+
+    def fps(self) -> float:
+        if self.first_ns is None or self.last_ns is None or self.frames < 2 or self.last_ns <= self.first_ns:
+            return 0.0
+        return (self.frames - 1) / ((self.last_ns - self.first_ns) / 1e9)
 
 
 class Telemetry:
@@ -90,6 +99,9 @@ class Telemetry:
             self.stages[stage].add(value)
         stats = self.streams.setdefault(rec.stream_id, StreamStats())
         stats.frames += 1
+        stats.latency.add(rec.end_to_end_ms)
+        stats.first_ns = now_ns if stats.first_ns is None else stats.first_ns
+        stats.last_ns = now_ns
         if rec.confusion is not None:
             stats.confusion += rec.confusion
             stats.has_truth = True
@@ -113,7 +125,8 @@ class Telemetry:
         with_truth = [s.confusion for s in self.streams.values() if s.has_truth]
         return sum(with_truth[1:], with_truth[0].copy()) if with_truth else None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, streams: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The end-of-run report; ``streams`` adds the pipeline's per-stream accounting and health."""
         out: dict[str, Any] = {
             "frames": self.frames,
             "fps": self.fps(),
@@ -123,11 +136,19 @@ class Telemetry:
             "dropped": dict(self.drops),
             "dropped_total": sum(self.drops.values()),
             "errors": list(self.errors),
+            "streams": {sid: {**self.stream_summary(sid), **extra} for sid, extra in (streams or {}).items()},
         }
         cm = self.confusion()
         if cm is not None:
             out["iou"] = iou_summary(cm)
         return out
+
+
+    def stream_summary(self, stream_id: str) -> dict[str, Any]:
+        stats = self.streams.get(stream_id) or StreamStats()
+        ring = stats.latency.summary()
+        return {"published": stats.frames, "fps": round(stats.fps(), 2),
+                "latency_ms": {k: round(ring[k], 1) for k in ("p50", "p99")} if ring else {}}
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -154,10 +175,23 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"mean IoU (8 classes, void included): {_fmt(iou['mean_iou'])}")
         lines.append(f"category IoU (Cityscapes, void ignored): {_fmt(iou['category_iou'])}")
         lines.append("  " + "  ".join(f"{k} {_fmt(v)}" for k, v in iou["per_class"].items()))
+    lines.extend(_stream_line(sid, s) for sid, s in summary.get("streams", {}).items())
     lines.append(f"dropped: {summary['dropped_total']} {summary['dropped'] or ''}".rstrip())
     for error in summary["errors"]:
         lines.append(f"error: {error}")
     return "\n".join(lines)
+
+
+def _stream_line(stream_id: str, s: dict[str, Any]) -> str:
+    latency = s.get("latency_ms") or {}
+    lat = f"p50 {latency['p50']:.1f} p99 {latency['p99']:.1f} ms" if latency else "no latency"
+    drops = ", ".join(f"{cause} {n}" for cause, n in sorted(s.get("dropped", {}).items())) or "none"
+    line = (f"  stream {stream_id}: {s.get('state', '?')}, frames {s.get('frames_in', 0)} in / "
+            f"{s['published']} published, {s['fps']:.1f} fps, {lat}, dropped: {drops}, "
+            f"reconnects {s.get('reconnects', 0)}")
+    if s.get("lag_ms"):
+        line += f", fell {s['lag_ms'] / 1000:.1f} s behind"
+    return line
 
 
 def _fmt(value: float | None) -> str:

@@ -117,7 +117,11 @@ async def test_glob_source(tmp_path):
         ("/no/such/video.mp4", "/no/such/video.mp4"),
         ("/no/such/folder/", "/no/such/folder"),
         ("ftp://camera/stream", "unknown scheme 'ftp'"),
-        ("rtsp://127.0.0.1:8554/cam", "not supported yet"),
+        ("rtsp://:8554/cam", "expected rtsp://"),
+        ("rtsp://user:secret@127.0.0.1:99999/cam", "malformed RTSP URL"),
+        ("camera:front", "expected camera:N"),
+        ("/dev/video0?size=wide", "bad camera option size"),
+        ("camera:0?fourcc=TOOLONG", "bad camera option fourcc"),
         ("cityscapes:/no/such/root", "/no/such/root"),
         ("synthetic:seed=abc", "seed"),
     ],
@@ -126,6 +130,7 @@ async def test_bad_specs_name_the_input(spec, needle):
     with pytest.raises(SourceError) as info:
         await open_source("x", spec)
     assert needle in str(info.value)
+    assert "secret" not in str(info.value)
 
 
 async def test_unreadable_video_is_named(tmp_path):

@@ -1,8 +1,9 @@
 """The viewer's HTTP side: a static page, the ``/ws`` frame stream and small JSON endpoints.
 
 Routes: ``/`` (the page), ``/static/...`` (its JS/CSS), ``/ws`` (WebSocket, see
-:mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters) and
-``/healthz``. Everything is served from this package: no CDN, works offline.
+:mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters),
+``/api/streams`` (per-stream state and drops) and ``/healthz``. Everything is served
+from this package: no CDN, works offline.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,10 @@ def _origin_allowed(request: web.Request) -> bool:
 class ViewerServer:
     """aiohttp server for a :class:`ViewerHub`; ``start()`` also starts the hub's encoder."""
 
-    def __init__(self, hub: ViewerHub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, hub: ViewerHub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.hub = hub
+        self._status = status  # per-stream health and accounting, for /api/streams
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -148,6 +152,7 @@ class ViewerServer:
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/api/stats", self._stats)
+        app.router.add_get("/api/streams", self._streams)
         app.router.add_get("/healthz", self._healthz)
         # Open WebSocket handlers would otherwise hold shutdown for the whole timeout.
         app.on_shutdown.append(self._on_shutdown)
@@ -161,6 +166,11 @@ class ViewerServer:
 
     async def _stats(self, _request: web.Request) -> web.Response:
         return web.json_response(self.hub.stats)
+
+    async def _streams(self, _request: web.Request) -> web.Response:
+        """Every stream's state (connecting, live, stalled, ...), reconnects, frame age and drops:
+        what the page shows for a camera that sends no frames."""
+        return web.json_response(self._status() if self._status else {})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         stats = self.hub.stats

@@ -53,6 +53,7 @@ class VideoFileSource(ThreadedReplaySource):
         self._cap: cv2.VideoCapture | None = None
         self._index = 0
         self._expected = 0
+        self._missing = 0
 
     def _open(self) -> None:
         if not self.path.is_file():
@@ -88,12 +89,27 @@ class VideoFileSource(ThreadedReplaySource):
 
     def _note_truncation(self) -> None:
         # The container promised more frames than the decoder delivered: count
-        # them so a replay never loses frames silently.
-        missing = self._expected - self._index
-        if missing > 0 and self._max_frames is None:
+        # them so a replay never loses frames silently (with --max-frames, only
+        # those it would have read).
+        expected = self._expected if self._max_frames is None else min(self._expected, self._max_frames)
+        missing = expected - self._index
+        if missing > 0:
             self.drops[DROP_CAUSE_TRUNCATED] += missing
-            log.error("video %s ended after %d of %d frames", self.path, self._index, self._expected)
+            self._missing += missing
+            log.error("video %s ended after %d of %d frames", self.path, self._index, expected)
             self._expected = self._index
+
+    def _missing_at_end(self) -> int:
+        missing, self._missing = self._missing, 0
+        return missing
+
+    def _skip(self, count: int) -> int:
+        # grab() demuxes and decodes but skips the colour conversion and copy.
+        for skipped in range(count):
+            if self._cap is None or not self._cap.grab():
+                return skipped
+            self._index += 1
+        return count
 
     def _close(self) -> None:
         if self._cap is not None:
@@ -127,6 +143,11 @@ class ImageListSource(ThreadedReplaySource):
 
     def __len__(self) -> int:
         return len(self._paths)
+
+    def _skip(self, count: int) -> int:
+        skipped = min(count, len(self._paths) - self._index)
+        self._index += skipped
+        return skipped
 
     def _read(self) -> RawFrame | None:
         if self._index >= len(self._paths):
