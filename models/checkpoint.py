@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.classes import CLASS_NAMES
+from models.errors import CheckpointError
 from models.factory import ModelConfigError, build_model
 
 FORMAT_NAME = "roadseg.checkpoint"
@@ -25,10 +26,6 @@ FORMAT_VERSION = 1
 METADATA_KEY = "roadseg"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

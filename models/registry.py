@@ -6,49 +6,22 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from safetensors import safe_open
 from torch import nn
 
 from models.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card
 from models.factory import build_model
+from models.names import BUILTIN_MODELS, UNTRAINED_PREFIX, checkpoint_for
 from models.zoo import ZOO, cache_dir, cached_checkpoint
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# Models shipped inside the package (trained by this project; small).
-BUILTIN_MODELS: dict[str, Path] = {"demo": WEIGHTS_DIR / "demo-synthetic.safetensors"}
-UNTRAINED_PREFIX = "smp:"  # smp:ARCH:ENCODER, random weights: for benchmarks only
-
 
 def load_model(spec: str) -> tuple[nn.Module, ModelCard]:
     """Resolve a model spec to a ready (eval-mode, fp32, CPU) model and its card."""
     if spec.startswith(UNTRAINED_PREFIX):
         return _untrained(spec)
     return load_checkpoint(checkpoint_for(spec))
-
-
-def checkpoint_for(spec: str, *, cache: Path | None = None) -> Path:
-    """The checkpoint file of a built-in name, a downloaded zoo name, or a path."""
-    if spec in BUILTIN_MODELS:
-        return BUILTIN_MODELS[spec]
-    if spec in ZOO:
-        path = cached_checkpoint(spec, cache=cache)
-        if path is None:
-            raise CheckpointError(
-                f"model {spec!r} is not downloaded yet: run 'roadseg models pull {spec}' "
-                f"(or 'roadseg models import {spec} --from FILE' offline)"
-            )
-        return path
-    path = Path(spec).expanduser()
-    if path.suffix == ".safetensors" or path.exists():
-        return path
-    raise CheckpointError(
-        f"unknown model {spec!r}: not a built-in or zoo name ({', '.join([*BUILTIN_MODELS, *ZOO])}), "
-        f"not an existing checkpoint file, and not '{UNTRAINED_PREFIX}ARCH:ENCODER'"
-    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,11 @@ from typing import Any
 
 from stream.batcher import BatchConfig
 from stream.cli_args import positive_float, size_arg
-from stream.config import DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
+from stream.config import DEFAULT_MAX_AGE_MS, DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
+from stream.sources.base import ReplayMode
+from stream.sources.cameras import RtspTransport
+from stream.sources.limits import DEFAULT_MAX_FRAME_SIZE, FrameLimits, OversizePolicy
+from stream.sources.live import LiveOptions
 
 log = logging.getLogger("roadseg")
 
@@ -32,7 +37,7 @@ PLUGIN_SUBCOMMANDS = {
 }
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900
-GPU_MAX_BATCH, CPU_MAX_BATCH = 8, 1  # one minute at 15 fps: long enough to watch, short enough to end by itself
+# one minute at 15 fps: long enough to watch, short enough to end by itself
 
 
 
@@ -67,6 +72,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime", action="store_true", help="replay at the recorded frame rate")
     p.add_argument("--rate", type=positive_float, metavar="FPS",
                    help="replay each source at FPS frames/s (a camera at a chosen rate)")
+    p.add_argument("--max-age-ms", type=positive_float, default=DEFAULT_MAX_AGE_MS, metavar="MS",
+                   help=f"staleness budget of live streams: older frames are dropped (cause 'stale'), "
+                        f"later masks flagged invalid (default {DEFAULT_MAX_AGE_MS:.0f})")
+    p.add_argument("--replay-mode", choices=[m.value for m in ReplayMode], default=None,
+                   help="a paced replay that cannot keep up: 'lossless' keeps every frame, late; 'live' keeps "
+                        "the newest on time, dropping late frames (default: lossless for run, live for demo)")
+    p.add_argument("--rtsp-transport", choices=[t.value for t in RtspTransport], default=RtspTransport.TCP.value,
+                   help="RTSP transport (default tcp)")
+    p.add_argument("--stall-ms", type=positive_float, default=LiveOptions.stall_ms, metavar="MS",
+                   help=f"a live stream with no new frame for this long is stalled and reopened "
+                        f"(default {LiveOptions.stall_ms:.0f})")
+    p.add_argument("--max-frame-size", type=size_arg, default=DEFAULT_MAX_FRAME_SIZE, metavar="WxH",
+                   help="frames larger than this (either side) are downscaled or rejected at the source "
+                        f"(default {DEFAULT_MAX_FRAME_SIZE[0]}x{DEFAULT_MAX_FRAME_SIZE[1]})")
+    p.add_argument("--oversize", choices=[o.value for o in OversizePolicy], default=OversizePolicy.DOWNSCALE.value,
+                   help="what happens to a frame above --max-frame-size (default downscale)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="frames per inference batch across streams (default: 8 on CUDA, 1 on CPU)")
     p.add_argument("--max-wait-ms", type=float, default=4.0)
@@ -115,25 +136,26 @@ def _add_plugin(sub: Any, module_name: str) -> None:
     importlib.import_module(module_name).add_subcommand(sub)
 
 
-def _default_max_batch(device: str) -> int:
-    """Batching pays on a GPU; on a CPU a batch of large frames is slower per frame than
-    one frame at a time (measured: DABNet 1024x512, batch 8 at 0.5-0.9x the fps of batch 1)."""
-    if device == "cpu":
-        return CPU_MAX_BATCH
-    import torch
-
-    return GPU_MAX_BATCH if torch.cuda.is_available() else CPU_MAX_BATCH
-
-
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    demo = args.command == "demo"
     common: dict[str, Any] = dict(
         backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
         zmq_wait_subscriber_s=args.zmq_wait, viewer=args.viewer, realtime=args.realtime,
         replay_rate=args.rate,
-        batch=BatchConfig(max_batch=args.max_batch or _default_max_batch(args.device),
-                          max_wait_ms=args.max_wait_ms),
+        # No --max-batch: chosen once the backend says which device it runs on (no torch import here).
+        batch=BatchConfig(max_batch=args.max_batch or 1, max_wait_ms=args.max_wait_ms),
+        auto_max_batch=args.max_batch is None,
+        max_age_ms=args.max_age_ms,
+        # The demo is for watching: on a slow machine it keeps up by skipping frames, not by falling behind.
+        replay_mode=ReplayMode(args.replay_mode or (ReplayMode.LIVE if demo else ReplayMode.LOSSLESS)),
+        rtsp_transport=RtspTransport(args.rtsp_transport),
+        live=LiveOptions(stall_ms=args.stall_ms),
+        frame_limits=FrameLimits(*args.max_frame_size, policy=OversizePolicy(args.oversize)),
+        # The demo needs no subscriber: a taken default port must not stop it (run keeps failing clearly).
+        zmq_fallback=demo and args.zmq == DEFAULT_ZMQ_ADDRESS,
+        viewer_fallback=demo and args.viewer == DEFAULT_VIEWER,
     )
-    if args.command == "demo":
+    if demo:
         frames = f",frames={args.frames}" if args.frames > 0 else ""
         return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **common)
     return PipelineConfig(sources=tuple(args.source), model=args.model, input_size=args.size,
@@ -155,24 +177,55 @@ def _backend_factory(config: PipelineConfig) -> Any:
     return make
 
 
-async def _run(config: PipelineConfig, summary_json: str | None) -> int:
+class _Signals:
+    """First SIGINT/SIGTERM: ordered stop (finish the frames already read). Second: forced stop."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.info("stopping (finishing the frames already read; press Ctrl-C again to force)")
+            self._pipeline.stop()
+        else:
+            log.warning("forced stop")
+            self._pipeline.abort()
+
+
+async def _run(config: PipelineConfig, summary_json: str | None) -> tuple[int, bool]:
     from stream.pipeline import Pipeline
     from stream.telemetry import format_summary
 
+    _check_model_name(config.model)
     pipeline = Pipeline(config, _backend_factory(config))
     loop = asyncio.get_running_loop()
+    signals = _Signals(pipeline)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, pipeline.stop)
+        loop.add_signal_handler(sig, signals)
     try:
         summary = await pipeline.run()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    print(format_summary(summary))
+    print(format_summary(summary), flush=True)
     if summary_json:
         with open(summary_json, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
-    return EXIT_RUNTIME_ERROR if summary["errors"] else EXIT_OK
+    return (EXIT_RUNTIME_ERROR if summary["errors"] else EXIT_OK), signals.count > 1
+
+
+def _check_model_name(spec: str) -> None:
+    """Fail on an unknown model or missing checkpoint before anything else starts (no torch import)."""
+    from models.errors import CheckpointError
+    from models.names import UNTRAINED_PREFIX, checkpoint_for
+
+    if spec.startswith(UNTRAINED_PREFIX):
+        return
+    path = checkpoint_for(spec)
+    if not path.is_file():
+        raise CheckpointError(f"model {spec!r}: no such checkpoint file {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from decision_bridge.publisher import PublisherError
     from decision_bridge.schema import SchemaError
-    from models.checkpoint import CheckpointError
+    from models.errors import CheckpointError
     from stream.sources import SourceError
     from web_viewer.app import ViewerError
 
@@ -190,10 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is not None:
             return int(handler(args))
         config = config_from_args(args)
-        return asyncio.run(_run(config, args.summary_json))
+        code, forced = asyncio.run(_run(config, args.summary_json))
     except (SourceError, CheckpointError, PublisherError, ViewerError, SchemaError, ValueError) as exc:
         print(f"roadseg: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if forced:
+        # A forced stop does not wait for a batch still running on the model's thread.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

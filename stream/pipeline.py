@@ -136,6 +136,7 @@ class Pipeline:
         if self._stop_requested:
             raise Stopped
         self._backend = await self._unless_stopped(self._in(self._infer_pool, self._backend_factory))
+        self.config = self.config.resolved(self._backend.device)
         await self._unless_stopped(self._in(self._infer_pool, self._backend.warmup, (1,)))
         self._model_ready = True
         for source in self._sources:
