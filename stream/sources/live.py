@@ -34,6 +34,7 @@ from stream.sources.limits import FrameLimits
 log = logging.getLogger(__name__)
 
 DROP_CAUSE_SUPERSEDED = "superseded"  # a newer frame arrived before the pipeline took this one
+DROP_CAUSE_SHUTDOWN = "shutdown"  # captured, then the stream was closed before it was taken
 STALL_PERIODS = 3  # a slow camera is stalled only after this many missed frame periods
 REPEAT_BACKOFF_S = 0.005  # a capture that keeps returning the same frame is polled this gently
 READER_JOIN_S = 0.5  # close() waits this long for readers not stuck in a blocking read
@@ -152,6 +153,9 @@ class LiveCaptureSource(FrameSource):
             return
         self._closed = True
         self._generation += 1  # every reader is now abandoned
+        if self._mailbox is not None:  # captured, never taken: counted, not lost silently
+            self.drops[DROP_CAUSE_SHUTDOWN] += 1
+            self._mailbox = None
         if self.state is not StreamState.FAILED:
             self.state = StreamState.ENDED
         if self._reopen is not None:
