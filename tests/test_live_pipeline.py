@@ -152,7 +152,7 @@ async def test_bad_source_is_refused_before_the_model_loads(tmp_path):
     pipe = Pipeline(config(("good=synthetic:frames=1", f"bad={tmp_path}/missing.mp4")),
                     lambda: calls.append(1))  # type: ignore[arg-type,return-value]
     start = time.monotonic()
-    with pytest.raises(SourceError, match="missing.mp4"):
+    with pytest.raises(SourceError, match=r"missing\.mp4"):
         await pipe.run()
     assert calls == [] and time.monotonic() - start < 1.0
 
