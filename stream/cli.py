@@ -26,6 +26,7 @@ log = logging.getLogger("roadseg")
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 # Subcommands that live with their code: name -> (module, the one line `roadseg --help` shows).
 # Only the module of the subcommand being run is imported (models.train alone pulls in torch,
 # timm and segmentation-models-pytorch: seconds), so `roadseg --help` and `roadseg run` start fast.
@@ -229,6 +230,14 @@ def _check_model_name(spec: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler is installed (imports)
+        print("roadseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
