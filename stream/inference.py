@@ -32,7 +32,8 @@ Success: TypeAlias = tuple[Frame, np.ndarray, bool, BackendTimings]
 class StalenessGate:
     """Drops live frames that cannot be published within ``max_age_ms`` of capture.
 
-    A frame is admitted if its age now plus the predicted batch time fits the budget,
+    A frame is admitted if its age now plus the predicted time from batch to publish
+    (measured on every published frame) fits the budget,
     so published latency cannot creep however slow the model is; replay frames are
     never dropped (replay is lossless)."""
 
@@ -42,11 +43,11 @@ class StalenessGate:
         self.predicted_ms = 0.0
         self._warned = False
 
-    def observe(self, batch_ms: float) -> None:
-        if batch_ms > self.predicted_ms:
-            self.predicted_ms = batch_ms
+    def observe(self, to_publish_ms: float) -> None:
+        if to_publish_ms > self.predicted_ms:
+            self.predicted_ms = to_publish_ms
         else:
-            self.predicted_ms += DECAY * (batch_ms - self.predicted_ms)
+            self.predicted_ms += DECAY * (to_publish_ms - self.predicted_ms)
 
     def admissible_age_ms(self) -> float:
         allowed = self._budget * (1 - PUBLISH_MARGIN) - self.predicted_ms

@@ -32,8 +32,9 @@ from stream.daemon_executor import DaemonThreadExecutor
 from stream.frame import Frame
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
-from stream.queues import BoundedQueue, DropPolicy, QueueClosed
+from stream.queues import DROP_CAUSE_QUEUE_FULL, BoundedQueue, DropPolicy, QueueClosed
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
+from stream.sources.live import DROP_CAUSE_SUPERSEDED
 from stream.stages import Encoded, Inferred, encode_result, make_header, validity
 from stream.telemetry import FrameRecord, Telemetry
 from stream.void_mask import parse_void_masks
@@ -83,6 +84,7 @@ class Pipeline:
         self._stop_requested = False
         self._aborted = False
         self._model_ready = False
+        self._gate: StalenessGate | None = None
         self.viewer_port: int | None = None
         self.zmq_address: str | None = None
 
@@ -202,7 +204,10 @@ class Pipeline:
         for source in self._sources:
             policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.BLOCK
             depth = self.config.live_queue_depth if source.live else self.config.source_queue_depth
-            queue: BoundedQueue[Frame] = BoundedQueue(f"{source.source_id}.frames", depth, policy, notify=notify)
+            # A live camera's queued frame evicted by a newer one was superseded, not lost to overload.
+            cause = DROP_CAUSE_SUPERSEDED if source.live else DROP_CAUSE_QUEUE_FULL
+            queue: BoundedQueue[Frame] = BoundedQueue(f"{source.source_id}.frames", depth, policy, notify=notify,
+                                                      drop_cause=cause)
             self._queues.append(queue)
             self._streams[source.source_id] = (source, queue)
             self._pumps.append(asyncio.create_task(self._pump(source, queue), name=f"pump-{source.source_id}"))
@@ -309,7 +314,7 @@ class Pipeline:
 
     async def _infer_loop(self, batcher: Batcher) -> None:
         assert self._backend is not None
-        gate = StalenessGate(self.config.max_age_ms, self._clock)
+        gate = self._gate = StalenessGate(self.config.max_age_ms, self._clock)
         model = IsolatedInference(self._backend)
         try:
             while True:
@@ -325,7 +330,6 @@ class Pipeline:
                 start_ns = self._clock.now_ns()
                 results, failures = await self._in(self._infer_pool, model.infer, frames)
                 done_ns = self._clock.now_ns()
-                gate.observe((done_ns - start_ns) / 1e6)
                 for frame, reason in failures:
                     self._inference_failed(frame, reason)
                 for frame, mask, finite, timings in results:
@@ -371,6 +375,8 @@ class Pipeline:
         if self._publisher:
             self._publisher.send(encode(header, encoded.payload))
         sent_ns = self._clock.now_ns()
+        if self._gate is not None:  # what admission to a batch costs until publish, as measured
+            self._gate.observe((sent_ns - item.batch_start_ns) / 1e6)
         self.ledger.published(frame.source_id)
         if self._hub:
             self._hub.offer(frame.source_id, frame.image, item.mask, self._viewer_info(header))

@@ -34,13 +34,15 @@ class BoundedQueue(Generic[T]):
     """
 
     def __init__(
-        self, name: str, maxsize: int, policy: DropPolicy, *, notify: asyncio.Event | None = None
+        self, name: str, maxsize: int, policy: DropPolicy, *, notify: asyncio.Event | None = None,
+        drop_cause: str = DROP_CAUSE_QUEUE_FULL,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"queue {name!r}: maxsize must be >= 1, got {maxsize}")
         self.name = name
         self.maxsize = maxsize
         self.policy = policy
+        self.drop_cause = drop_cause  # what an eviction is called in the drop counts
         self.drops: Counter[str] = Counter()
         self._items: deque[T] = deque()
         self._notify = notify
@@ -63,7 +65,7 @@ class BoundedQueue(Generic[T]):
             raise QueueClosed(self.name)
         if len(self._items) >= self.maxsize:  # DROP_OLDEST
             self._items.popleft()
-            self.drops[DROP_CAUSE_QUEUE_FULL] += 1
+            self.drops[self.drop_cause] += 1
         self._items.append(item)
         self._wake(self._getters)
         if self._notify is not None:
