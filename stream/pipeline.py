@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from decision_bridge.publisher import MaskPublisher, PublisherError
+from decision_bridge.publisher import MaskPublisher
 from decision_bridge.schema import Encoding, encode
 from models.backends.base import InferenceBackend
 from stream.accounting import Ledger
@@ -32,13 +32,14 @@ from stream.daemon_executor import DaemonThreadExecutor
 from stream.frame import Frame
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
+from stream.outputs import bind_publisher, start_viewer
 from stream.queues import DROP_CAUSE_QUEUE_FULL, BoundedQueue, DropPolicy, QueueClosed
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.sources.live import DROP_CAUSE_SUPERSEDED
 from stream.stages import Encoded, Inferred, encode_result, make_header, validity
 from stream.telemetry import FrameRecord, Telemetry
 from stream.void_mask import parse_void_masks
-from web_viewer.app import ViewerError, ViewerServer
+from web_viewer.app import ViewerServer
 from web_viewer.hub import ViewerHub
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class Pipeline:
         self._aborted = False
         self._model_ready = False
         self._gate: StalenessGate | None = None
+        # In-process observers of every published frame (benchmarks, tests): called on the loop
+        # right after the ZeroMQ send with (frame, header, publish_ns); they must be cheap.
+        self.observers: list[Callable[[Frame, Any, int], None]] = []
         self.viewer_port: int | None = None
         self.zmq_address: str | None = None
 
@@ -166,38 +170,15 @@ class Pipeline:
             self._sources.append(await open_source(source_id, spec, options))
 
     def _bind_publisher(self) -> None:
-        address = self.config.zmq_address
-        if not address:
-            return
-        self._publisher = MaskPublisher(address)
-        try:
-            self.zmq_address = self._publisher.bind()
-        except PublisherError as exc:
-            if not self.config.zmq_fallback or "in use" not in str(exc):
-                raise
-            fallback = address.rsplit(":", 1)[0] + ":0"
-            self._publisher.close()
-            self._publisher = MaskPublisher(fallback)
-            self.zmq_address = self._publisher.bind()
-            log.warning("%s is in use; publishing on %s instead", address, self.zmq_address)
-        log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)", self.zmq_address, self.zmq_address)
+        if self.config.zmq_address:
+            self._publisher = bind_publisher(self.config.zmq_address, fallback=self.config.zmq_fallback)
+            self.zmq_address = self._publisher.bound_address
 
     async def _start_viewer(self) -> None:
-        if not self.config.viewer:
-            return
-        self._hub = ViewerHub()
-        self._hub.start()
-        host, port = self.config.viewer
-        self._viewer = ViewerServer(self._hub, host, port, status=self.stream_status)
-        try:
-            self.viewer_port = await self._viewer.start()
-        except ViewerError as exc:
-            if not self.config.viewer_fallback or "in use" not in str(exc):
-                raise
-            log.warning("viewer port %d unavailable (%s); using a free port", port, exc)
-            self._viewer = ViewerServer(self._hub, host, 0, status=self.stream_status)
-            self.viewer_port = await self._viewer.start()
-        log.info("viewer: http://%s:%d/", host, self.viewer_port)
+        if self.config.viewer:
+            self._hub, self._viewer = await start_viewer(self.config.viewer, self.stream_status,
+                                                         fallback=self.config.viewer_fallback)
+            self.viewer_port = self._viewer.port
 
     async def _process(self) -> None:
         notify = asyncio.Event()
@@ -377,6 +358,8 @@ class Pipeline:
         sent_ns = self._clock.now_ns()
         if self._gate is not None:  # what admission to a batch costs until publish, as measured
             self._gate.observe((sent_ns - item.batch_start_ns) / 1e6)
+        for observer in self.observers:
+            observer(frame, header, sent_ns)
         self.ledger.published(frame.source_id)
         if self._hub:
             self._hub.offer(frame.source_id, frame.image, item.mask, self._viewer_info(header))

@@ -81,9 +81,10 @@ def test_sigint_during_start_up_exits_at_once_with_a_summary():
 
 
 def test_second_ctrl_c_forces_a_prompt_exit():
-    proc = Proc("demo", "--frames", "0", "--viewer", "off", "--zmq", "tcp://127.0.0.1:0")
+    # Large frames: after the first Ctrl-C, finishing the frames already read takes a while.
+    proc = Proc("run", "--source", "synthetic:size=2048x1024", "--viewer", "off", "--zmq", "off")
     proc.wait_for_line("model demo")
-    time.sleep(1)
+    time.sleep(2)
     took = proc.signal_and_time_exit(signal.SIGINT, signal.SIGINT)
     assert took < 3.0 and "forced stop" in proc.err and "frames:" in proc.out, proc.err
     assert "Traceback" not in proc.err

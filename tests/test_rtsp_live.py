@@ -52,13 +52,8 @@ class Run:
         make = torch_factory(cfg)
         self.pipeline = Pipeline(cfg, lambda: SlowBackend(make(), **backend))
         self.published: dict[str, list[float]] = {}
-        original = self.pipeline._publish
-
-        def publish(encoded):
-            original(encoded)
-            self.published.setdefault(encoded.item.frame.source_id, []).append(time.monotonic())
-
-        self.pipeline._publish = publish  # type: ignore[method-assign]
+        self.pipeline.observers.append(
+            lambda frame, _header, _ns: self.published.setdefault(frame.source_id, []).append(time.monotonic()))
         self.task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Run:

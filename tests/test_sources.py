@@ -12,7 +12,8 @@ import pytest
 from models.classes import Category
 from stream.clock import ManualClock
 from stream.frame import Frame
-from stream.sources import EndOfStream, SourceError, SourceOptions, open_source, split_source_name
+from stream.sources import EndOfStream, ReplayMode, SourceError, SourceOptions, open_source, split_source_name
+from stream.sources.limits import FrameLimits, OversizePolicy
 from tests.conftest import require_shared
 
 
@@ -158,3 +159,66 @@ async def test_close_is_idempotent_and_stops_the_thread(no_leaked_threads, citys
     with pytest.raises(EndOfStream):
         await source.recv()
     await asyncio.sleep(0)
+
+
+async def test_live_replay_skips_frames_whose_time_has_passed_and_counts_them_late():
+    clock = ManualClock()
+    options = SourceOptions(rate=10.0, max_frames=20, clock=clock, replay_mode=ReplayMode.LIVE)
+    source = await open_source("s", "synthetic:size=64x32", options)
+    assert source.live
+    first = await source.recv()
+    clock.advance(450_000_000)  # the consumer was busy for 4.5 frame periods
+    second = await source.recv()
+    await source.close()
+    assert (first.seq, second.seq) == (0, 4), "frames 1-3 were due before now: skipped"
+    assert source.drops == {"late": 3}
+    assert second.capture_ns == 400_000_000, "stamped when the recording says it was due"
+
+
+async def test_lossless_replay_never_skips_and_warns_once_when_behind(caplog):
+    clock = ManualClock()
+    source = await open_source("s", "synthetic:size=64x32", SourceOptions(rate=10.0, max_frames=5, clock=clock))
+    await source.recv()
+    clock.advance(2_000_000_000)
+    frames = [await source.recv() for _ in range(4)]
+    await source.close()
+    assert [f.seq for f in frames] == [1, 2, 3, 4] and not source.drops
+    assert [f.capture_ns for f in frames] == [i * 100_000_000 for i in range(1, 5)]
+    assert source.max_lag_ms == pytest.approx(1900)
+    assert sum("behind its recorded rate" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_lost_frames_keep_their_sequence_numbers(tmp_path):
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((16, 16, 3), np.uint8))
+    (tmp_path / "b.png").write_bytes(b"corrupt")
+    source = await open_source("f", str(tmp_path))
+    frames = await drain(source)
+    assert [f.seq for f in frames] == [0, 2] and source.frames_read == 3
+
+
+async def test_oversized_frames_are_downscaled_or_rejected_at_the_source(tmp_path):
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((600, 1000, 3), np.uint8))
+    small = await drain(await open_source("f", str(tmp_path), SourceOptions(limits=FrameLimits(500, 500))))
+    assert small[0].image.shape == (300, 500, 3)
+    rejecting = SourceOptions(limits=FrameLimits(500, 500, OversizePolicy.REJECT))
+    source = await open_source("f", str(tmp_path), rejecting)
+    assert await drain(source) == [] and source.drops == {"oversize": 1} and source.frames_read == 1
+
+
+async def test_truncated_video_with_max_frames_counts_the_missing_frames(tmp_path, monkeypatch):
+    from stream.sources.files import VideoFileSource
+
+    video = require_shared("videos/highway_vehicles.mp4")
+    monkeypatch.setattr(VideoFileSource, "_open", _open_claiming(VideoFileSource._open, 60))
+    source = await open_source("v", str(video), SourceOptions(max_frames=50))
+    frames = await drain(source)
+    assert len(frames) == 38 and source.drops == {"video_truncated": 12} and source.frames_read == 50
+
+
+def _open_claiming(original, frames: int):
+    def open_(self):
+        original(self)
+        self._expected = frames  # the container says 60 frames; only 38 decode
+
+    return open_

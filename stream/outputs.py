@@ -1,0 +1,53 @@
+"""Bringing up the outputs before the model loads: the ZeroMQ publisher and the viewer.
+
+Both bind first, so a taken port or a bad address fails in well under a second. The demo
+(which needs no subscriber and no fixed port) falls back to a free port and says which.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from decision_bridge.publisher import MaskPublisher, PublisherError
+from web_viewer.app import ViewerError, ViewerServer
+from web_viewer.hub import ViewerHub
+
+log = logging.getLogger(__name__)
+ADDRESS_IN_USE = "in use"  # how both bind errors say it
+
+
+def bind_publisher(address: str, *, fallback: bool) -> MaskPublisher:
+    publisher = MaskPublisher(address)
+    try:
+        publisher.bind()
+    except PublisherError as exc:
+        if not fallback or ADDRESS_IN_USE not in str(exc):
+            raise
+        publisher.close()
+        publisher = MaskPublisher(address.rsplit(":", 1)[0] + ":0")
+        publisher.bind()
+        log.warning("%s is in use; publishing on %s instead", address, publisher.bound_address)
+    log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)",
+             publisher.bound_address, publisher.bound_address)
+    return publisher
+
+
+async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any]], *,
+                       fallback: bool) -> tuple[ViewerHub, ViewerServer]:
+    host, port = bind
+    hub = ViewerHub()
+    hub.start()
+    viewer = ViewerServer(hub, host, port, status=status)
+    try:
+        await viewer.start()
+    except ViewerError as exc:
+        if not fallback or ADDRESS_IN_USE not in str(exc):
+            await hub.close()
+            raise
+        log.warning("viewer port %d is in use; serving on a free port instead", port)
+        viewer = ViewerServer(hub, host, 0, status=status)
+        await viewer.start()
+    log.info("viewer: http://%s:%d/", host, viewer.port)
+    return hub, viewer
