@@ -451,3 +451,30 @@ async def test_page_reconnects_after_server_restart(tmp_path: Path) -> None:
         await server.close()
         await hub.close()
     assert panels == 1  # the reconnect reused the stream's panel
+
+
+@pytest.mark.asyncio
+async def test_page_shows_why_a_camera_is_down(tmp_path: Path) -> None:
+    status = {"front": {"state": "stalled", "live": True, "reconnects": 2, "last_frame_age_ms": 4200.0,
+                        "dropped": {"stale": 3, "superseded": 7}, "source": "rtsp://***@10.0.0.5/s"}}
+    hub = ViewerHub()
+    server = ViewerServer(hub, "127.0.0.1", 0, status=lambda: status)
+    port = await server.start()
+    try:
+        async with chromium_page(tmp_path / "profile") as (page, errors):
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await wait_for_page(page, "() => document.querySelector(\".panel[data-state='stalled']\") !== null")
+            badge = await page.text_content(".panel[data-stream='front'] .badge")
+            placeholder = await page.inner_text(".panel[data-stream='front'] .placeholder")
+            metrics = await page.inner_text(".panel[data-stream='front'] .metrics")
+            status["front"] = {**status["front"], "state": "live", "reconnects": 3}  # it came back
+            await wait_for_page(page, "() => document.querySelector('.panel').dataset.state === 'live'")
+            hidden = await page.evaluate("() => document.querySelector('.placeholder').hidden")
+    finally:
+        await server.close()
+        await hub.close()
+    assert badge == "stalled"
+    assert "stalled" in placeholder and "4.2 s ago" in placeholder and "2 reconnects" in placeholder
+    assert "10" in metrics  # 3 stale + 7 superseded frames dropped
+    assert hidden
+    assert not errors, errors

@@ -11,6 +11,7 @@
   const RECONNECT_MAX_MS = 10000;
   const STALE_AFTER_MS = 3000; // a panel without frames for this long is dimmed
   const TICK_MS = 1000;
+  const STATUS_URL = "/api/streams"; // per-stream state, reconnects, drops (polled every tick)
   const HEADER_LEN_BYTES = 4;
 
   const streamsEl = document.getElementById("streams");
@@ -151,15 +152,20 @@
     metrics.className = "metrics";
     const fields = {};
     for (const [key, label] of [["seq", "seq"], ["latency", "latency"], ["fps", "fps"],
-                                ["miou", "mIoU"], ["size", "size"], ["dropped", "skipped"]]) {
+                                ["miou", "mIoU"], ["size", "size"], ["dropped", "skipped"],
+                                ["lost", "dropped"], ["reconnects", "reconnects"]]) {
       fields[key] = addMetric(metrics, label);
     }
-    el.append(head, canvas, metrics);
+    // Shown over the canvas while the stream is not live: why there is no picture.
+    const placeholder = document.createElement("p");
+    placeholder.className = "placeholder";
+    placeholder.hidden = true;
+    el.append(head, canvas, placeholder, metrics);
     insertSorted(el, streamId);
     emptyEl.hidden = true;
 
     const panel = {
-      el, canvas, fields, badge,
+      el, canvas, fields, badge, placeholder, state: "live",
       ctx: canvas.getContext("2d", { alpha: false }),
       next: null, busy: false, drawn: 0, dropped: 0, receivedAt: performance.now(),
     };
@@ -224,15 +230,48 @@
     }
   }
 
-  // ------------------------------------------------------------------ staleness
+  // ------------------------------------------------------------------ stream health
+
+  async function pollStreams() {
+    let streams;
+    try {
+      const response = await fetch(STATUS_URL, { cache: "no-store" });
+      if (!response.ok) return;
+      streams = await response.json();
+    } catch (err) {
+      return; // the WebSocket status already says the server is gone
+    }
+    for (const [streamId, status] of Object.entries(streams)) {
+      const panel = panels.get(streamId) || createPanel(streamId);
+      showHealth(panel, status);
+    }
+  }
+
+  function showHealth(panel, status) {
+    panel.state = status.state;
+    panel.el.dataset.state = status.state;
+    panel.fields.reconnects.dd.textContent = String(status.reconnects);
+    const lost = Object.values(status.dropped || {}).reduce((a, b) => a + b, 0);
+    panel.fields.lost.dd.textContent = String(lost);
+    panel.fields.lost.dd.title = Object.entries(status.dropped || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
+    const down = status.state !== "live";
+    if (down) panel.badge.textContent = status.state;
+    panel.placeholder.hidden = !down;
+    if (down) {
+      const age = isNum(status.last_frame_age_ms) ? `, last frame ${(status.last_frame_age_ms / 1000).toFixed(1)} s ago` : "";
+      panel.placeholder.textContent = `${status.state}${age} · ${status.reconnects} reconnects`;
+    }
+  }
 
   setInterval(() => {
     const now = performance.now();
     for (const panel of panels.values()) {
       const stale = now - panel.receivedAt > STALE_AFTER_MS;
       panel.el.classList.toggle("stale", stale);
-      panel.badge.textContent = stale ? "stale" : "live";
+      // The server's state (stalled, reconnecting, ...) wins over the page's own guess.
+      panel.badge.textContent = panel.state !== "live" ? panel.state : (stale ? "stale" : "live");
     }
+    pollStreams();
   }, TICK_MS);
 
   connect();
