@@ -4,6 +4,7 @@ exact accounting, stops at any moment, and bad input refused before the model lo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -192,3 +193,26 @@ async def test_failed_live_camera_never_stops_the_replay_stream():
     pipe.stop()
     summary = await asyncio.wait_for(task, 30)
     assert summary["streams"]["syn"]["published"] == 6 and summary["streams"]["dead"]["frames_in"] == 0
+
+
+async def test_credentials_never_appear_in_logs_summary_or_viewer(caplog):
+    import aiohttp
+
+    secret = "hunter2"
+    cfg = config((f"cam=rtsp://admin:{secret}@127.0.0.1:9/live", "syn=synthetic:frames=3"),
+                 viewer=("127.0.0.1", 0), stats_interval_s=0.2, live=LiveOptions(stall_ms=300))
+    pipe = pipeline(cfg)
+    with caplog.at_level(logging.DEBUG):
+        task = asyncio.create_task(pipe.run())
+        while pipe.telemetry.streams.get("syn") is None or pipe.telemetry.streams["syn"].frames < 3:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a few failed connection attempts and a stats line
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{pipe.viewer_port}/api/streams") as response:
+            api = await response.text()
+        pipe.stop()
+        summary = await asyncio.wait_for(task, 30)
+    assert "rtsp://***@127.0.0.1:9/live" in api and "connecting" in api
+    for text in (caplog.text, api, json.dumps(summary)):
+        assert secret not in text
+    assert summary["streams"]["cam"]["source"] == "rtsp://***@127.0.0.1:9/live"
