@@ -26,6 +26,9 @@ PUBLISH_MARGIN = 0.05
 # When the model alone takes most of the budget, admit frames up to this share of it
 # anyway (their masks will be late and flagged) rather than starving the stream.
 MIN_ADMIT_SHARE = 0.2
+# Say the model is too slow for the budget only once it has been for this many frames, not
+# on one hiccup (the first batch at a new frame size, a page-in).
+WARN_AFTER_FRAMES = 25
 Success: TypeAlias = tuple[Frame, np.ndarray, bool, BackendTimings]
 
 
@@ -41,6 +44,7 @@ class StalenessGate:
         self._budget = max_age_ms
         self._clock = clock
         self.predicted_ms = 0.0
+        self._over_budget = 0  # consecutive admissions with the prediction over the budget
         self._warned = False
 
     def observe(self, to_publish_ms: float) -> None:
@@ -52,13 +56,15 @@ class StalenessGate:
     def admissible_age_ms(self) -> float:
         allowed = self._budget * (1 - PUBLISH_MARGIN) - self.predicted_ms
         floor = self._budget * MIN_ADMIT_SHARE
-        if allowed < floor:
-            if not self._warned:
-                self._warned = True
-                log.warning("the model takes %.0f ms per batch, too close to the %.0f ms staleness budget: "
-                            "live masks will be late and marked invalid", self.predicted_ms, self._budget)
-            return floor
-        return allowed
+        if allowed >= floor:
+            self._over_budget = 0
+            return allowed
+        self._over_budget += 1
+        if self._over_budget >= WARN_AFTER_FRAMES and not self._warned:
+            self._warned = True
+            log.warning("the model takes %.0f ms per batch, too close to the %.0f ms staleness budget: "
+                        "live masks will be late and marked invalid", self.predicted_ms, self._budget)
+        return floor
 
     def admit(self, frames: Sequence[Frame], live: set[str], ledger: Ledger) -> list[Frame]:
         now_ns = self._clock.now_ns()
