@@ -25,6 +25,7 @@ frame unreadable: ``decode_stamp`` returns None rather than a wrong time.
 
 from __future__ import annotations
 
+import binascii
 import struct
 
 import numpy as np
@@ -51,13 +52,7 @@ GREY = 128  # the quiet zone around the grid
 
 def crc16_ccitt(data: bytes) -> int:
     """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), the same function as the server's."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def _bits(ns: int) -> np.ndarray:

@@ -151,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         replay_mode=ReplayMode(args.replay_mode or (ReplayMode.LIVE if demo else ReplayMode.LOSSLESS)),
         rtsp_transport=RtspTransport(args.rtsp_transport),
         live=LiveOptions(stall_ms=args.stall_ms),
-        frame_limits=FrameLimits(*args.max_frame_size, policy=OversizePolicy(args.oversize)),
+        frame_limits=FrameLimits(args.max_frame_size[0], args.max_frame_size[1], OversizePolicy(args.oversize)),
         # The demo needs no subscriber: a taken default port must not stop it (run keeps failing clearly).
         zmq_fallback=demo and args.zmq == DEFAULT_ZMQ_ADDRESS,
         viewer_fallback=demo and args.viewer == DEFAULT_VIEWER,

@@ -31,6 +31,7 @@ most significant bit first, the 64-bit stamp followed by its CRC-16/CCITT-FALSE;
 from __future__ import annotations
 
 import argparse
+import binascii
 import signal
 import struct
 import sys
@@ -63,13 +64,7 @@ STRIPE_STEP = 4  # px per frame, so consecutive frames always differ
 
 def crc16_ccitt(data: bytes) -> int:
     """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF): catches any misread of up to 3 bits."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def stamp_bits(ns: int) -> list[int]:

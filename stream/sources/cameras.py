@@ -145,6 +145,11 @@ def _camera_option(spec: str, key: str, value: str) -> dict[str, Any]:
 CaptureFactory = Callable[..., Any]
 
 
+def fourcc_code(fourcc: str) -> int:
+    """``MJPG`` -> the little-endian int V4L2 and OpenCV use (cv2.VideoWriter_fourcc's arithmetic)."""
+    return int.from_bytes(fourcc.encode("ascii"), "little")
+
+
 def v4l2_opener(spec: CameraSpec, factory: CaptureFactory | None = None) -> Opener:
     """Open a V4L2 camera and apply its format; ``factory`` stands in for cv2.VideoCapture in tests."""
 
@@ -156,7 +161,7 @@ def v4l2_opener(spec: CameraSpec, factory: CaptureFactory | None = None) -> Open
             raise SourceError(f"cannot open {spec.display} (no such device, busy, or no permission)")
         # FOURCC first: the sizes and rates a camera offers depend on the pixel format.
         if spec.fourcc:
-            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*spec.fourcc))
+            capture.set(cv2.CAP_PROP_FOURCC, fourcc_code(spec.fourcc))
         if spec.width and spec.height:
             capture.set(cv2.CAP_PROP_FRAME_WIDTH, spec.width)
             capture.set(cv2.CAP_PROP_FRAME_HEIGHT, spec.height)
