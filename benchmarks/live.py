@@ -1,0 +1,506 @@
+"""Live-camera benchmark: one real RTSP camera on loopback, the whole pipeline, in one run.
+
+The camera is ``tests/rtsp_server.py`` (GStreamer: x264 ultrafast/zerolatency, one keyframe a
+second, RTP over RTSP/TCP), started by ``tests.rtsp_fixture.RtspServer``. Every frame carries a
+barcode of the server's ``time.monotonic_ns()`` taken right before the frame enters the encoder;
+CLOCK_MONOTONIC is shared by all processes on one host, so ``benchmarks.stamp.decode_stamp`` on a
+published frame gives its true age with no clock sync. The pipeline is roadseg's, configured as
+``roadseg run --source cam=rtsp://...`` would be (staleness budget, stall watchdog, batch size
+from the device), with the viewer off; masks are published on ZeroMQ (a free loopback port,
+nobody subscribed) unless ``--zmq off``. A ``Pipeline.observers`` callback records, for every
+published mask, its publish time, roadseg's capture time and the decoded stamp.
+
+Measured:
+
+1. **Steady state** (``--seconds``, after skipping ``--warmup`` s past the first mask: OpenCV's
+   open reads about a second of buffered frames): camera-send -> publish latency p50/p99/max
+   (``publish_ns - stamp``); roadseg's own capture -> publish (``publish_ns - frame.capture_ns``);
+   and per frame their difference, camera-send -> capture (encode, RTP/RTSP, FFmpeg decode,
+   OpenCV's buffering). Also masks/s, frames read/s against the camera's rate, frames dropped by
+   cause, and masks whose stamp could not be read.
+2. **Recovery after a server restart**, ``--restarts`` times: SIGKILL (a crashed camera), down
+   for ``--down`` s, a new server on the same port. Timed from the new server accepting
+   connections to the first mask of a frame stamped after the kill (a genuinely new frame: the
+   old server is dead), and to the first new mask published within ``--max-age-ms`` of its
+   frame leaving the camera (one a planner could use); the server's own start-up time, how
+   long the loss took to show, and the reconnect count's growth are recorded beside it.
+3. **Stall and resume**, ``--stalls`` times: SIGSTOP (a hung camera whose sockets stay open) to
+   the stream reported ``stalled``, held ``--stall-hold`` s, then SIGCONT to the stream ``live``
+   again with a mask of a frame stamped after the SIGCONT.
+
+States are polled every 5 ms, so recovery times carry that resolution on top of the watchdog's
+own period (``LiveOptions.watchdog_period_s``).
+
+    python -m benchmarks.live [--seconds 30] [--fps 25] [--size 640x360] [--model demo] \\
+        [--backend torch] [--out benchmarks/results/live-cpu-2core-x86_64.json]
+
+Needs the system GStreamer RTSP server (``scripts/install-system-deps``). Results:
+``benchmarks/results/live-<machine>.json`` (with the command line, machine and library
+versions) and a Markdown table on stdout for the README. Measurements, not tests:
+``tests/test_benchmark_live.py`` runs a tiny configuration and asserts no speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.stamp import decode_stamp
+from models.backends.base import InferenceBackend
+from stream.batcher import BatchConfig
+from stream.cli_args import positive_float, size_arg
+from stream.config import DEFAULT_MAX_AGE_MS, PipelineConfig
+from stream.frame import Frame
+from stream.pipeline import Pipeline
+from stream.sources.live import LiveOptions
+from tests.rtsp_fixture import RtspServer
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+STREAM = "cam"
+POLL_S = 0.005
+NS_PER_MS = 1e6
+NS_PER_S = 1e9
+FIRST_MASK_TIMEOUT_S = 120.0  # model load + warm-up + first RTSP open on a cold, slow machine
+RECOVERY_TIMEOUT_S = 30.0  # a recovery slower than this is recorded as failed (null), the run goes on
+CONTENDED_CORES = 0.2  # other processes busier than this during the steady state: say the numbers are contended
+SETTLE_MASKS = 5  # between repetitions: this many fresh masks with the stream live before the next fault
+
+
+@dataclass(frozen=True, slots=True)
+class Mask:
+    publish_ns: int
+    capture_ns: int
+    stamp_ns: int | None  # the camera's send time; None when the barcode could not be read
+    valid: bool  # the header's verdict (roadseg judges age from its capture time, not the camera's)
+
+    @property
+    def age_ms(self) -> float | None:
+        """Camera send -> publish."""
+        return None if self.stamp_ns is None else (self.publish_ns - self.stamp_ns) / NS_PER_MS
+
+
+class Recorder:
+    """A ``Pipeline.observers`` callback: one ``Mask`` per published frame of one stream.
+
+    The stamp is decoded here, on the loop (about 0.1 ms at 640x360), so the recovery phases can
+    see live whether a published frame is new; holding frames for a later decode would keep ~0.7 MB
+    each alive.
+    """
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.masks: list[Mask] = []
+
+    def __call__(self, frame: Frame, header: Any, publish_ns: int) -> None:
+        if frame.source_id == self.stream:
+            self.masks.append(Mask(publish_ns, frame.capture_ns, decode_stamp(frame.image), bool(header.valid)))
+
+    def first_stamped_after(self, start: int, stamp_ns: int, max_age_ms: float | None = None) -> Mask | None:
+        """The first mask from index ``start`` on whose frame was sent after ``stamp_ns`` (and, with
+        ``max_age_ms``, was published at most that long after it was sent)."""
+        for mask in self.masks[start:]:
+            if mask.stamp_ns is not None and mask.stamp_ns > stamp_ns:
+                age = mask.age_ms
+                if max_age_ms is None or (age is not None and age <= max_age_ms):
+                    return mask
+        return None
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds spent busy by the whole machine since boot, all cores (Linux), or None."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def cpu_snapshot(server_pid: int) -> tuple[float | None, float, float | None]:
+    return machine_busy_s(), time.process_time(), process_cpu_s(server_pid)
+
+
+def cores_used(before: tuple[float | None, float, float | None], after: tuple[float | None, float, float | None],
+               span_s: float) -> dict[str, float | None]:
+    """Mean cores busy over the window: this process (roadseg), the camera server, and everything
+    else on the machine. ``other`` well above zero means a neighbour competed for the CPUs."""
+    own = (after[1] - before[1]) / span_s
+    server = None if before[2] is None or after[2] is None else (after[2] - before[2]) / span_s
+    total = None if before[0] is None or after[0] is None else (after[0] - before[0]) / span_s
+    other = None if total is None or server is None else max(0.0, total - own - server)
+    return {"roadseg": round(own, 2), "camera_server": None if server is None else round(server, 2),
+            "other": None if other is None else round(other, 2), "machine": None if total is None else round(total, 2)}
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float | None]:
+    if not values_ms:
+        return {"p50": None, "p99": None, "max": None, "samples": 0}
+    data = np.asarray(values_ms, dtype=np.float64)
+    return {"p50": round(float(np.percentile(data, 50)), 2), "p99": round(float(np.percentile(data, 99)), 2),
+            "max": round(float(data.max()), 2), "samples": len(values_ms)}
+
+
+def late(masks: list[Mask], max_age_ms: float) -> dict[str, int]:
+    """Masks published more than ``max_age_ms`` after their frame left the camera, and how many of
+    those the header still called valid (roadseg can only see the age since its own capture)."""
+    old = [m for m in masks if m.age_ms is not None and m.age_ms > max_age_ms]
+    return {"late": len(old), "late_marked_valid": sum(m.valid for m in old)}
+
+
+def p50_max(values: list[float | None]) -> dict[str, Any]:
+    """Median and max of the repetitions that completed; ``failed`` counts those that did not."""
+    done = [v for v in values if v is not None]
+    return {"p50": round(float(np.median(done)), 3) if done else None,
+            "max": round(max(done), 3) if done else None,
+            "runs": len(values), "failed": len(values) - len(done)}
+
+
+class LiveBench:
+    """The server, the pipeline running in this loop, and the recorder."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server = RtspServer(fps=args.fps, size=args.size)
+        self.recorder = Recorder(STREAM)
+        self.backend: InferenceBackend | None = None
+        self.pipeline: Pipeline | None = None
+        self.task: asyncio.Task[dict[str, Any]] | None = None
+        self.fault_starts: list[int] = []  # index of the first mask after each fault, in order
+
+    def config(self) -> PipelineConfig:
+        args = self.args
+        # `roadseg run --source cam=rtsp://... --viewer off` defaults (max batch from the device).
+        return PipelineConfig(sources=(f"{STREAM}={self.server.url}",), model=args.model, backend=args.backend,
+                              device=args.device, precision=args.precision, zmq_address=args.zmq, viewer=None,
+                              stats_interval_s=0, batch=BatchConfig(max_batch=1, max_wait_ms=4.0),
+                              auto_max_batch=True, max_age_ms=args.max_age_ms,
+                              live=LiveOptions(stall_ms=args.stall_ms))
+
+    def backend_factory(self, config: PipelineConfig) -> Callable[[], InferenceBackend]:
+        def make() -> InferenceBackend:
+            from models.backends.registry import create_backend
+            from models.registry import load_model
+
+            model, card = load_model(config.model)
+            self.backend = create_backend(config.backend, model, card, device=config.device,
+                                          precision=config.precision, input_size=config.input_size)
+            return self.backend
+
+        return make
+
+    # ------------------------------------------------------------------ helpers
+
+    def status(self) -> dict[str, Any]:
+        assert self.pipeline is not None
+        return self.pipeline.stream_status()[STREAM]
+
+    def state(self) -> str:
+        return str(self.status()["state"])
+
+    @property
+    def masks(self) -> list[Mask]:
+        return self.recorder.masks
+
+    async def until(self, predicate: Callable[[], Any], timeout_s: float) -> Any:
+        """``predicate()``'s first truthy value, polled; None after ``timeout_s``. Raises if the pipeline died."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            assert self.task is not None
+            if self.task.done():
+                self.task.result()  # its exception, if any
+                raise RuntimeError("the pipeline ended during the benchmark")
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(POLL_S)
+
+    async def settle(self) -> None:
+        """Live, with SETTLE_MASKS masks of frames sent after now: a clean start for the next fault."""
+        start, now_ns = len(self.masks), time.monotonic_ns()
+
+        def fresh() -> bool:
+            new = [m for m in self.masks[start:] if m.stamp_ns is not None and m.stamp_ns > now_ns]
+            return self.state() == "live" and len(new) >= SETTLE_MASKS
+
+        if not await self.until(fresh, RECOVERY_TIMEOUT_S):
+            raise RuntimeError(f"the stream did not settle (state {self.state()})")
+
+    # ------------------------------------------------------------------ phases
+
+    async def steady(self) -> dict[str, Any]:
+        args = self.args
+        first = await self.until(lambda: self.masks[0] if self.masks else None, FIRST_MASK_TIMEOUT_S)
+        if first is None:
+            raise RuntimeError(f"no mask within {FIRST_MASK_TIMEOUT_S:.0f} s (state {self.state()})")
+        first_age = first.age_ms
+        skip_s = args.warmup - (time.monotonic_ns() - first.publish_ns) / NS_PER_S
+        await asyncio.sleep(max(0.0, skip_s))
+        cpu0 = cpu_snapshot(self.server.pid)
+        before, start, t0 = self.status(), len(self.masks), time.monotonic_ns()
+        await asyncio.sleep(args.seconds)
+        after, t1 = self.status(), time.monotonic_ns()
+        cpu1 = cpu_snapshot(self.server.pid)
+        window = self.masks[start:]
+        span_s = (t1 - t0) / NS_PER_S
+        stamped = [(m, m.stamp_ns) for m in window if m.stamp_ns is not None]
+        dropped = Counter(after["dropped"])
+        dropped.subtract(before["dropped"])
+        return {
+            "seconds": round(span_s, 3),
+            "first_mask_age_ms": None if first_age is None else round(first_age, 1),
+            "masks": len(window),
+            "masks_per_s": round(len(window) / span_s, 2),
+            "camera_fps": args.fps,
+            "frames_read_per_s": round((after["frames_in"] - before["frames_in"]) / span_s, 2),
+            "dropped": {cause: n for cause, n in sorted(dropped.items()) if n},
+            "stamps_unreadable": len(window) - len(stamped),
+            f"over_{args.max_age_ms:g}ms": late(window, args.max_age_ms),
+            "reconnects": after["reconnects"] - before["reconnects"],
+            "cpu_cores_used": cores_used(cpu0, cpu1, span_s),
+            "camera_to_publish_ms": percentiles([(m.publish_ns - sent) / NS_PER_MS for m, sent in stamped]),
+            "capture_to_publish_ms": percentiles([(m.publish_ns - m.capture_ns) / NS_PER_MS for m in window]),
+            "camera_to_capture_ms": percentiles([(m.capture_ns - sent) / NS_PER_MS for m, sent in stamped]),
+        }
+
+    async def restart_once(self) -> dict[str, Any]:
+        await self.settle()
+        reconnects, start = self.status()["reconnects"], len(self.masks)
+        self.fault_starts.append(start)
+        kill_ns = time.monotonic_ns()
+        self.server.kill()
+        lost = await self.until(lambda: self.state() != "live" and time.monotonic_ns(), self.args.down + 5)
+        await asyncio.sleep(max(0.0, self.args.down - (time.monotonic_ns() - kill_ns) / NS_PER_S))
+        restart_ns = time.monotonic_ns()
+        await asyncio.to_thread(self.server.start)  # blocks until READY: off the pipeline's loop
+        ready_ns = time.monotonic_ns()
+        new = await self.until(lambda: self.recorder.first_stamped_after(start, kill_ns), RECOVERY_TIMEOUT_S)
+        on_time = None
+        if new is not None:
+            on_time = await self.until(
+                lambda: self.recorder.first_stamped_after(start, kill_ns, max_age_ms=self.args.max_age_ms),
+                RECOVERY_TIMEOUT_S)
+        grown = self.status()["reconnects"] - reconnects
+        old_masks = sum(1 for m in self.masks[start:] if m.stamp_ns is not None and m.stamp_ns <= kill_ns)
+        return {
+            "down_s": round((restart_ns - kill_ns) / NS_PER_S, 3),
+            "loss_detected_s": None if not lost else round((lost - kill_ns) / NS_PER_S, 3),
+            "server_start_s": round((ready_ns - restart_ns) / NS_PER_S, 3),
+            "first_new_mask_s": None if new is None else round((new.publish_ns - ready_ns) / NS_PER_S, 3),
+            "first_new_mask_age_ms": None if new is None or new.age_ms is None else round(new.age_ms, 1),
+            "within_budget_s": None if on_time is None else round((on_time.publish_ns - ready_ns) / NS_PER_S, 3),
+            "masks_of_old_frames_after_kill": old_masks,
+            "reconnects_added": grown,
+        }
+
+    async def stall_once(self) -> dict[str, Any]:
+        await self.settle()
+        start = len(self.masks)
+        self.fault_starts.append(start)
+        pause_ns = time.monotonic_ns()
+        self.server.pause()
+        stalled = await self.until(lambda: self.state() == "stalled" and time.monotonic_ns(), RECOVERY_TIMEOUT_S)
+        if stalled:
+            await asyncio.sleep(self.args.stall_hold)
+        resume_ns = time.monotonic_ns()
+        self.server.resume()
+        state_live = await self.until(lambda: self.state() == "live" and time.monotonic_ns(), RECOVERY_TIMEOUT_S)
+        fresh = await self.until(lambda: self.state() == "live" and self.recorder.first_stamped_after(start, resume_ns),
+                                 RECOVERY_TIMEOUT_S)
+        return {
+            "stall_detected_s": None if not stalled else round((stalled - pause_ns) / NS_PER_S, 3),
+            "stopped_s": round((resume_ns - pause_ns) / NS_PER_S, 3),
+            "state_live_s": None if not state_live else round((state_live - resume_ns) / NS_PER_S, 3),
+            "live_with_fresh_mask_s": None if not fresh else round((fresh.publish_ns - resume_ns) / NS_PER_S, 3),
+            "first_fresh_mask_age_ms": None if not fresh or fresh.age_ms is None else round(fresh.age_ms, 1),
+        }
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        try:
+            await asyncio.to_thread(self.server.start)
+        except RuntimeError as exc:
+            raise SystemExit(f"{exc}\n(the test camera needs the system GStreamer RTSP server: "
+                             "scripts/install-system-deps)") from exc
+        try:
+            config = self.config()
+            self.pipeline = Pipeline(config, self.backend_factory(config))
+            self.pipeline.observers.append(self.recorder)
+            self.task = asyncio.create_task(self.pipeline.run())
+            try:
+                steady = await self.steady()
+                print("steady", steady, flush=True)
+                restarts = []
+                for _ in range(args.restarts):
+                    restarts.append(await self.restart_once())
+                    print("restart", restarts[-1], flush=True)
+                stalls = []
+                for _ in range(args.stalls):
+                    stalls.append(await self.stall_once())
+                    print("stall", stalls[-1], flush=True)
+            finally:
+                self.pipeline.stop()
+                summary = await asyncio.wait_for(self.task, 60)
+        finally:
+            await asyncio.to_thread(self.server.stop)
+        stream = summary["streams"][STREAM]
+        # Each fault's aftermath: its masks until the next fault (the last one's, until the end).
+        bounds = [*self.fault_starts, len(self.masks)]
+        for entry, begin, end in zip([*restarts, *stalls], bounds, bounds[1:], strict=False):
+            entry[f"over_{args.max_age_ms:g}ms_until_next_fault"] = late(self.masks[begin:end], args.max_age_ms)
+        assert self.backend is not None
+        return {
+            "steady": steady,
+            "restarts": restarts,
+            "restart_summary": {key: p50_max([r[key] for r in restarts])
+                                for key in ("first_new_mask_s", "within_budget_s", "loss_detected_s",
+                                            "server_start_s")},
+            "stalls": stalls,
+            "stall_summary": {key: p50_max([s[key] for s in stalls])
+                              for key in ("stall_detected_s", "state_live_s", "live_with_fresh_mask_s")},
+            "backend": {"name": self.backend.name, "device": self.backend.device,
+                        "precision": self.backend.precision, "model_id": self.backend.model_id},
+            "run_summary": {"published": stream["published"], "frames_in": stream["frames_in"],
+                            "dropped": stream["dropped"], "unaccounted": stream["unaccounted"],
+                            "reconnects": stream["reconnects"], "state": stream["state"],
+                            "errors": summary["errors"]},
+        }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=positive_float, default=30.0, help="steady-state measurement (s)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="skipped after the first mask (s)")
+    parser.add_argument("--fps", type=int, default=25, help="camera frame rate")
+    parser.add_argument("--size", type=size_arg, default=(640, 360), metavar="WxH", help="camera frame size")
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--zmq", default="tcp://127.0.0.1:0", metavar="ADDR|off",
+                        help="publish masks here (default: a free loopback port); off: do not publish")
+    parser.add_argument("--max-age-ms", type=positive_float, default=DEFAULT_MAX_AGE_MS)
+    parser.add_argument("--stall-ms", type=positive_float, default=LiveOptions.stall_ms)
+    parser.add_argument("--restarts", type=int, default=3, help="server kill/restart repetitions")
+    parser.add_argument("--down", type=float, default=2.0, help="seconds the killed server stays down")
+    parser.add_argument("--stalls", type=int, default=2, help="SIGSTOP/SIGCONT repetitions")
+    parser.add_argument("--stall-hold", type=float, default=1.0, help="seconds stopped after the stall is reported")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.fps <= 0 or args.restarts < 0 or args.stalls < 0 or args.down < 0 or args.warmup < 0:
+        parser.error("--fps must be positive; --restarts, --stalls, --down and --warmup not negative")
+    args.zmq = None if args.zmq == "off" else args.zmq
+    return args
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    s, b, cam = results["steady"], results["backend"], results["camera"]
+    dropped = ", ".join(f"{cause} {n}" for cause, n in s["dropped"].items()) or "none"
+    lines = [f"Live camera ({results['model']}, {b['name']} {b['precision']} on {b['device']}, "
+             f"{results['machine']['name']}; test RTSP camera on loopback, {cam['size']} at {cam['fps']} frames/s, "
+             f"H.264 over RTSP/TCP; {s['seconds']:.0f} s steady state):", "",
+             "| latency | p50 ms | p99 ms | max ms |", "|---|---|---|---|"]
+    for key, label in (("camera_to_publish_ms", "camera send -> mask published"),
+                       ("capture_to_publish_ms", "roadseg capture -> published"),
+                       ("camera_to_capture_ms", "camera send -> capture (encode, RTSP, decode, buffering)")):
+        p = s[key]
+        lines.append(f"| {label} | {_ms(p['p50'])} | {_ms(p['p99'])} | {_ms(p['max'])} |")
+    cpu = s["cpu_cores_used"]
+    lines += ["", f"{s['masks_per_s']:.1f} masks/s; frames read {s['frames_read_per_s']:.1f}/s of "
+              f"{cam['fps']} sent; dropped: {dropped}; unreadable stamps: {s['stamps_unreadable']} of {s['masks']}. "
+              f"CPU cores busy (of {results['machine']['cpu_count']}): roadseg {cpu['roadseg']}, "
+              f"camera server {cpu['camera_server']}, other processes {cpu['other']}.",
+              "", "| fault | runs | p50 s | max s |", "|---|---|---|---|"]
+    rows = [(f"server killed, down {results['settings']['down_s']:g} s, restarted -> first mask of a new frame",
+             results["restart_summary"]["first_new_mask_s"]),
+            (f"restarted -> first new mask within {results['settings']['max_age_ms']:g} ms of the camera",
+             results["restart_summary"]["within_budget_s"]),
+            ("SIGSTOP -> stream reported stalled", results["stall_summary"]["stall_detected_s"]),
+            ("SIGCONT -> live with a mask of a new frame", results["stall_summary"]["live_with_fresh_mask_s"])]
+    for label, r in rows:
+        if not r["runs"]:
+            continue
+        failed = f" ({r['failed']} failed)" if r["failed"] else ""
+        lines.append(f"| {label} | {r['runs']}{failed} | {_s(r['p50'])} | {_s(r['max'])} |")
+    budget = f"{results['settings']['max_age_ms']:g}"
+    key = f"over_{budget}ms_until_next_fault"
+    faults = [*results["restarts"], *results["stalls"]]
+    late_total = sum(f[key]["late"] for f in faults)
+    valid_total = sum(f[key]["late_marked_valid"] for f in faults)
+    steady_late = s[f"over_{budget}ms"]
+    lines += ["", f"Masks published more than {budget} ms after the camera sent the frame: "
+              f"{steady_late['late']} in the steady state ({steady_late['late_marked_valid']} marked valid), "
+              f"{late_total} after the {len(faults)} faults ({valid_total} marked valid)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # As `roadseg run` does (stream/cli.py), before torch loads OpenMP: spinning OpenMP workers turn
+    # contention for the cores (the camera's decode thread, the server) into long stalls. Without
+    # effect when torch is already loaded (a test session); the results say which.
+    omp_effective = "torch" not in sys.modules
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from benchmarks.report import machine_info, machine_name  # imports torch
+
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    width, height = args.size
+    results: dict[str, Any] = {
+        "machine": machine_info(), "model": args.model,
+        "command": " ".join(["python -m benchmarks.live", *argv]),
+        "camera": {"server": "tests/rtsp_server.py", "size": f"{width}x{height}", "fps": args.fps,
+                   "transport": "tcp"},
+        "settings": {"seconds": args.seconds, "warmup_s": args.warmup, "restarts": args.restarts,
+                     "down_s": args.down, "stalls": args.stalls, "stall_hold_s": args.stall_hold,
+                     "max_age_ms": args.max_age_ms, "stall_ms": args.stall_ms, "zmq": args.zmq is not None,
+                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "omp_policy_applies": omp_effective},
+    }
+    started, load_before = time.monotonic(), os.getloadavg()
+    results.update(asyncio.run(LiveBench(args).run()))
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    # Other work on the machine shows here: on 2 cores a busy neighbour slows the model many times over.
+    results["loadavg_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
+    out = args.out or RESULTS / f"live-{machine_name()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    other = results["steady"]["cpu_cores_used"]["other"]
+    if other is not None and other > CONTENDED_CORES:
+        print(f"WARNING: other processes kept {other} cores busy during the steady state: contended numbers")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
