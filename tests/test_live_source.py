@@ -31,7 +31,7 @@ class FileCamera:
     def __init__(self, path: str, fps: float = 50.0) -> None:
         self._cap = cv2.VideoCapture(path)
         self._period = 1.0 / fps
-        self._next = time.monotonic()
+        self._next = time.monotonic() + self._period  # a real camera's first frame is one period away
         self.props: list[tuple[int, float]] = []
         self.released = threading.Event()
 
@@ -164,6 +164,33 @@ async def test_stall_is_detected_within_2s_and_the_camera_reconnects(repeat):
     await _until(lambda: source.frames_read > before + 3, 5, "frames after recovery")
     hang.set()  # let any abandoned reader return
     await source.close()
+
+
+class BurstCamera:
+    """Like FFmpeg after opening an RTSP stream: ``backlog`` buffered frames at once, then real time."""
+
+    def __init__(self, backlog: int) -> None:
+        self._backlog, self._n = backlog, 0
+
+    def get(self, prop: int) -> float:
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        self._n += 1
+        if self._n > self._backlog:
+            time.sleep(0.04)
+        return True, np.full((8, 8, 3), self._n % 250, np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+async def test_backlog_buffered_while_connecting_is_skipped_and_counted():
+    source = LiveCaptureSource("cam", "cam", lambda: BurstCamera(backlog=30), options=FAST)
+    await source.start()
+    frame = await asyncio.wait_for(source.recv(), 10)
+    await source.close()
+    assert source.drops["backlog"] == 30 and frame.seq == 30, "the first frame handed out is a fresh one"
 
 
 async def test_camera_that_cannot_be_opened_keeps_retrying_with_capped_backoff():

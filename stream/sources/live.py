@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 
 DROP_CAUSE_SUPERSEDED = "superseded"  # a newer frame arrived before the pipeline took this one
 DROP_CAUSE_SHUTDOWN = "shutdown"  # captured, then the stream was closed before it was taken
+# After each (re)connect FFmpeg hands out the ~1 s of frames it buffered while probing the
+# stream, in a burst; stamped on arrival they would look fresh (measured: first mask 1.2 s
+# old by the camera's clock, flagged valid). Frames read faster than half a frame period
+# right after opening are that backlog: skipped and counted. (FFmpeg's nobuffer flag also
+# avoids it but then waits for the next keyframe: recovery 1.9 -> 3.0 s.)
+DROP_CAUSE_BACKLOG = "backlog"
+BACKLOG_READ_SHARE = 0.5  # of a frame period
+MAX_BACKLOG_FRAMES = 120  # never flush forever: a camera that always answers at once is just fast
+DEFAULT_PERIOD_S = 1 / 30
 STALL_PERIODS = 3  # a slow camera is stalled only after this many missed frame periods
 REPEAT_BACKOFF_S = 0.005  # a capture that keeps returning the same frame is polled this gently
 READER_JOIN_S = 0.5  # close() waits this long for readers not stuck in a blocking read
@@ -280,15 +289,18 @@ class LiveCaptureSource(FrameSource):
             return
         try:
             fps = capture.get(cv2.CAP_PROP_FPS)
-            self._post(generation, "opened", fps if fps and 0 < fps < 1000 else None)
-            self._read_frames(generation, capture)
+            fps = fps if fps and 0 < fps < 1000 else None
+            self._post(generation, "opened", fps)
+            self._read_frames(generation, capture, BACKLOG_READ_SHARE * (1 / fps if fps else DEFAULT_PERIOD_S))
         finally:
             capture.release()
 
-    def _read_frames(self, generation: int, capture: Capture) -> None:
+    def _read_frames(self, generation: int, capture: Capture, backlog_read_s: float) -> None:
         last_key: tuple[float, bytes] | None = None
         index = 0
+        backlog = 0  # frames flushed since opening; -1 once a read had to wait (fresh frames)
         while self._current(generation):
+            started_ns = time.monotonic_ns()
             ok, bgr = capture.read()
             capture_ns = self._clock.now_ns()
             if not self._current(generation):
@@ -296,6 +308,12 @@ class LiveCaptureSource(FrameSource):
             if not ok or bgr is None:
                 self._post(generation, "failed", "connection lost or stream ended")
                 return
+            if backlog >= 0:
+                if (time.monotonic_ns() - started_ns) / 1e9 < backlog_read_s and backlog < MAX_BACKLOG_FRAMES:
+                    backlog += 1
+                    self._post(generation, "dropped", DROP_CAUSE_BACKLOG)
+                    continue
+                backlog = -1
             key = _frame_key(capture, bgr)
             if key == last_key:
                 time.sleep(REPEAT_BACKOFF_S)  # the same frame again: not news
