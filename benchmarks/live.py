@@ -148,7 +148,7 @@ class LiveBench:
     def backend_factory(self, config: PipelineConfig) -> Callable[[], InferenceBackend]:
         def make() -> InferenceBackend:
             from models.backends.registry import create_backend
-            from models.registry import load_model
+            from models.store.registry import load_model
 
             model, card = load_model(config.model)
             self.backend = create_backend(config.backend, model, card, device=config.device,

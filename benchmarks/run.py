@@ -42,7 +42,7 @@ from benchmarks.measure import (
 from benchmarks.report import check_targets, machine_info, machine_name, markdown
 from models.backends.base import InferenceBackend
 from models.backends.registry import BackendError, create_backend
-from models.registry import load_model
+from models.store.registry import load_model
 from stream.batcher import BatchConfig
 from stream.cli_args import positive_float, size_arg
 from stream.config import PipelineConfig

@@ -28,13 +28,13 @@ EXIT_RUNTIME_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 # Subcommands that live with their code: name -> (module, the one line `roadseg --help` shows).
-# Only the module of the subcommand being run is imported (models.train alone pulls in torch,
+# Only the module of the subcommand being run is imported (models.training.train alone pulls in torch,
 # timm and segmentation-models-pytorch: seconds), so `roadseg --help` and `roadseg run` start fast.
 PLUGIN_SUBCOMMANDS = {
-    "models": ("models.zoo_cli", "list, download and inspect models"),
-    "eval": ("models.eval", "score a model on Cityscapes ground truth (IoU, Dice, confusion)"),
-    "train": ("models.train", "train or fine-tune a model (Cityscapes or synthetic)"),
-    "export": ("models.export", "export a model to ONNX or build a TensorRT engine"),
+    "models": ("models.store.zoo_cli", "list, download and inspect models"),
+    "eval": ("models.evaluation.evaluate", "score a model on Cityscapes ground truth (IoU, Dice, confusion)"),
+    "train": ("models.training.train", "train or fine-tune a model (Cityscapes or synthetic)"),
+    "export": ("models.export.onnx_export", "export a model to ONNX or build a TensorRT engine"),
 }
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900
@@ -166,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 def _backend_factory(config: PipelineConfig) -> Any:
     def make() -> Any:
         from models.backends.registry import create_backend
-        from models.registry import load_model
+        from models.store.registry import load_model
 
         model, card = load_model(config.model)
         backend = create_backend(config.backend, model, card, device=config.device,
@@ -220,7 +220,7 @@ async def _run(config: PipelineConfig, summary_json: str | None) -> tuple[int, b
 def _check_model_name(spec: str) -> None:
     """Fail on an unknown model or missing checkpoint before anything else starts (no torch import)."""
     from models.errors import CheckpointError
-    from models.names import UNTRAINED_PREFIX, checkpoint_for
+    from models.store.names import UNTRAINED_PREFIX, checkpoint_for
 
     if spec.startswith(UNTRAINED_PREFIX):
         return

@@ -8,7 +8,7 @@ import numpy as np
 
 from decision_bridge.schema import Encoding, IoUReport, MaskHeader, StageTimings, encode_mask
 from models.backends.base import BackendTimings
-from models.metrics import confusion_matrix, per_class_iou
+from models.evaluation.metrics import confusion_matrix, per_class_iou
 from stream.frame import Frame
 from stream.health import StreamHealth
 from stream.void_mask import VoidMask

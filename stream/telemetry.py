@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from models.classes import CLASS_NAMES, NUM_CLASSES
-from models.metrics import category_iou, mean_iou, per_class_iou
+from models.evaluation.metrics import category_iou, mean_iou, per_class_iou
 
 STAGES = ("queue", "preprocess", "inference", "postprocess", "publish", "end_to_end")
 PERCENTILES = (50, 95, 99)

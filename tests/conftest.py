@@ -53,7 +53,7 @@ ESPNETV2_WEIGHTS = "weights/espnetv2_s_2.0_city_1024x512.pth"
 
 @pytest.fixture(scope="session")
 def dabnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.importers.paddle_dabnet import import_dabnet
+    from models.store.importers.paddle_dabnet import import_dabnet
 
     destination = tmp_path_factory.mktemp("dabnet") / "dabnet-cityscapes.safetensors"
     import_dabnet(require_shared(DABNET_WEIGHTS), destination)
@@ -62,7 +62,7 @@ def dabnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def espnetv2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.importers.torch_espnetv2 import import_espnetv2
+    from models.store.importers.torch_espnetv2 import import_espnetv2
 
     destination = tmp_path_factory.mktemp("espnetv2") / "espnetv2-cityscapes.safetensors"
     import_espnetv2(require_shared(ESPNETV2_WEIGHTS), destination)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from decision_bridge.schema import MaskMessage
 from decision_bridge.subscriber import MaskSubscriber
 from models.backends.registry import create_backend
-from models.registry import load_model
+from models.store.registry import load_model
 from stream.config import PipelineConfig
 from stream.pipeline import Pipeline
 

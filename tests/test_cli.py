@@ -144,7 +144,7 @@ def test_top_level_help_imports_neither_torch_nor_the_subcommand_modules():
     probe = (
         "import sys\nfrom stream.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('torch', 'models.train', 'models.eval') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'models.training.train', 'models.evaluation.evaluate') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

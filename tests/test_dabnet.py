@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from models.backends.torch_backend import TorchBackend
-from models.checkpoint import load_checkpoint
 from models.classes import NUM_CLASSES
-from models.dabnet import build_dabnet
-from models.importers.paddle_dabnet import KEY_RENAMES, UPSTREAM_SHA256, DABNetImportError, import_dabnet
-from models.importers.restricted_pickle import PickleLoadError, UnsafePickleError, load_restricted
-from models.metrics import category_iou, confusion_matrix
+from models.evaluation.metrics import category_iou, confusion_matrix
+from models.networks.dabnet import build_dabnet
+from models.store.checkpoint import load_checkpoint
+from models.store.importers.paddle_dabnet import KEY_RENAMES, UPSTREAM_SHA256, DABNetImportError, import_dabnet
+from models.store.importers.restricted_pickle import PickleLoadError, UnsafePickleError, load_restricted
 from stream.sources.files import cityscapes_truth_for, read_cityscapes_truth, read_rgb
 from tests.conftest import DABNET_WEIGHTS, require_shared
 
@@ -195,7 +195,7 @@ def test_backends_run_dabnet_at_its_own_output_stride():
     and forward() (training, the reference) must stay those logits upsampled to the input."""
     import torch.nn.functional as F
 
-    from models.category_head import inference_forward
+    from models.networks.category_head import inference_forward
 
     model = build_dabnet().eval()
     x = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
@@ -213,8 +213,8 @@ def test_backends_run_dabnet_at_its_own_output_stride():
 def test_torch_backend_and_onnx_export_skip_dabnets_own_upsampling(monkeypatch, tmp_path):
     import onnx
 
-    from models.checkpoint import InputSpec, ModelCard
-    from models.export import export_onnx
+    from models.export.onnx_export import export_onnx
+    from models.store.checkpoint import InputSpec, ModelCard
 
     model = build_dabnet().eval()
 

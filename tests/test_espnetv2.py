@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from models.backends import TorchBackend
-from models.checkpoint import load_checkpoint, read_card
-from models.espnetv2 import build_espnetv2
-from models.factory import build_model
-from models.importers.torch_espnetv2 import (
+from models.evaluation.metrics import category_iou, confusion_matrix
+from models.networks.espnetv2 import build_espnetv2
+from models.networks.factory import build_model
+from models.store.checkpoint import load_checkpoint, read_card
+from models.store.importers.torch_espnetv2 import (
     HEAD_KEY,
     PUBLISHED_SHA256,
     WeightImportError,
     import_espnetv2,
 )
-from models.metrics import category_iou, confusion_matrix
 from stream.sources.files import read_cityscapes_truth, read_rgb
 from tests.conftest import ESPNETV2_WEIGHTS, require_shared
 

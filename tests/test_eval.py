@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models import metrics
 from models.backends import TorchBackend
 from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, NUM_CLASSES, PALETTE, Category
-from models.eval import PANEL_TILE_MAX_WIDTH, default_out_dir, evaluate
-from models.eval_report import GAP, confusion_shape, panel_layout, write_report
-from models.registry import load_model
+from models.evaluation import metrics
+from models.evaluation.evaluate import PANEL_TILE_MAX_WIDTH, default_out_dir, evaluate
+from models.evaluation.report import GAP, confusion_shape, panel_layout, write_report
+from models.store.registry import load_model
 from stream.sources.base import SourceError
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]

@@ -12,7 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from models.backends import TorchBackend, resolve_precision
-from models.checkpoint import (
+from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, Category, label_ids_to_categories
+from models.evaluation.metrics import category_iou, confusion_matrix, mean_iou, per_class_iou
+from models.networks.factory import ModelConfigError, build_model, build_smp
+from models.store.checkpoint import (
     CheckpointError,
     InputSpec,
     ModelCard,
@@ -20,10 +23,7 @@ from models.checkpoint import (
     read_card,
     save_checkpoint,
 )
-from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, Category, label_ids_to_categories
-from models.factory import ModelConfigError, build_model, build_smp
-from models.metrics import category_iou, confusion_matrix, mean_iou, per_class_iou
-from models.registry import load_model
+from models.store.registry import load_model
 
 TINY = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 
@@ -172,7 +172,7 @@ def test_iou_definitions():
 
 
 def test_category_fold_is_the_log_sum_exp_of_each_categorys_members():
-    from models.category_head import NEVER_LOGIT, TRAIN_ID_TABLE, CategoryFold
+    from models.networks.category_head import NEVER_LOGIT, TRAIN_ID_TABLE, CategoryFold
 
     fold = CategoryFold(torch.nn.Identity())
     logits = torch.randn(2, len(TRAIN_ID_TABLE), 5, 7, generator=torch.Generator().manual_seed(3)) * 8

@@ -17,9 +17,9 @@ from torch import nn
 
 from models.backends.registry import BackendError, create_backend
 from models.backends.torch_backend import TorchBackend
-from models.checkpoint import InputSpec, ModelCard, load_checkpoint
-from models.export import GRAPHS, export_onnx, export_path, exportable_adaptive_avg_pool2d, read_metadata
-from models.registry import load_model
+from models.export.onnx_export import GRAPHS, export_onnx, export_path, exportable_adaptive_avg_pool2d, read_metadata
+from models.store.checkpoint import InputSpec, ModelCard, load_checkpoint
+from models.store.registry import load_model
 from stream.cli import main
 from stream.sources.files import read_rgb
 from tests.conftest import REPO, require_shared
@@ -252,7 +252,7 @@ def test_fp16_frames_graph_agrees_with_torch_fp32(demo, frames, tmp_path):
 def test_export_tensorrt_hands_the_model_graph_to_build_engine(demo, tmp_path, monkeypatch, capsys):
     import types
 
-    import models.tensorrt_build as trt_build
+    import models.export.tensorrt_build as trt_build
     from models.backends.registry import model_fingerprint
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from models.backends.torch_backend import TorchBackend
-from models.checkpoint import load_checkpoint
-from models.registry import load_model
+from models.store.checkpoint import load_checkpoint
+from models.store.registry import load_model
 from stream.sources.files import read_rgb
 from stream.sources.synthetic_scene import SyntheticDrive
 from tests.conftest import require_shared

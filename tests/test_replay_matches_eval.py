@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.eval import evaluate
+from models.evaluation.evaluate import evaluate
 from stream.batcher import BatchConfig
 from stream.config import PipelineConfig
 from tests.conftest import require_shared

@@ -20,13 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-import models.tensorrt_build as tb
+import models.export.tensorrt_build as tb
 from models.backends.registry import BackendError, create_backend, model_fingerprint
 from models.backends.torch_backend import TorchBackend
-from models.checkpoint import load_checkpoint
-from models.export import EXPORT_VERSION
-from models.registry import load_model
-from models.tensorrt_build import (
+from models.export.onnx_export import EXPORT_VERSION
+from models.export.tensorrt_build import (
     OnnxInput,
     TensorRTError,
     build_engine,
@@ -41,6 +39,8 @@ from models.tensorrt_build import (
     read_onnx_input,
     resize_nhwc_uint8,
 )
+from models.store.checkpoint import load_checkpoint
+from models.store.registry import load_model
 from stream.sources.files import read_rgb
 from tests.conftest import require_shared
 from tests.parity import MIN_AGREEMENT, needs_gpu, pooled_agreement
@@ -176,7 +176,7 @@ def test_resize_matches_the_torch_backend_input_to_half_a_grey_level() -> None:
 
 
 def test_calibration_batches_feed_the_exported_graph(tmp_path: Path, cityscapes_root: Path) -> None:
-    export = pytest.importorskip("models.export", reason="models/export.py (export_onnx) is not in this tree yet")
+    export = pytest.importorskip("models.export.onnx_export")
     ort = pytest.importorskip("onnxruntime")
     model, card = load_model("demo")
     onnx_path = export.export_onnx(model, card, tmp_path / "demo.onnx", input_size=DEMO_SIZE)
@@ -430,7 +430,7 @@ def dabnet(dabnet_checkpoint: Path) -> tuple:
 
 
 def _build(model, card, size, cache: Path, precision: str, **kwargs) -> Path:
-    from models.export import export_onnx
+    from models.export.onnx_export import export_onnx
 
     width, height = size
     onnx_path = cache / f"{card.model_id}-{width}x{height}.onnx"
@@ -509,7 +509,7 @@ def test_int8_calibration_cache_is_written_then_reused(
     assert first.is_file() and cache.is_file() and cache.stat().st_size > 0
     scales = cache.read_bytes()
     first.unlink()
-    caplog.set_level(logging.INFO, logger="models.tensorrt_build")
+    caplog.set_level(logging.INFO, logger="models.export.tensorrt_build")
     again = _build(model, card, size, tmp_path, "int8", max_batch=2)  # no source: must come from the cache
     assert again == first and again.is_file()
     assert "reading" not in caplog.text and "reusing" in caplog.text

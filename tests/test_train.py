@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import models.train_data as train_data
-from models.checkpoint import load_checkpoint
+import models.training.data as train_data
 from models.classes import NUM_CLASSES, PALETTE
-from models.train_augment import IGNORE_INDEX, PAD_RGB, AugmentConfig, augment, fog, scale_flip_crop
-from models.train_config import TrainConfig
-from models.train_losses import distillation_loss, segmentation_loss
-from models.train_state import LOG_NAME, Progress, read_state, restore_training, save_state
+from models.store.checkpoint import load_checkpoint
+from models.training.augment import IGNORE_INDEX, PAD_RGB, AugmentConfig, augment, fog, scale_flip_crop
+from models.training.config import TrainConfig
+from models.training.losses import distillation_loss, segmentation_loss
+from models.training.state import LOG_NAME, Progress, read_state, restore_training, save_state
 from stream.cli import main as roadseg_main
 from tests.conftest import require_shared
 

@@ -21,11 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from models import zoo
-from models.checkpoint import CheckpointError, InputSpec, ModelCard, save_checkpoint
-from models.factory import build_model
-from models.registry import list_models, load_model
-from models.zoo import ZOO, ZooEntry, ZooError
+from models.networks.factory import build_model
+from models.store import zoo
+from models.store.checkpoint import CheckpointError, InputSpec, ModelCard, save_checkpoint
+from models.store.registry import list_models, load_model
+from models.store.zoo import ZOO, ZooEntry, ZooError
 from stream.cli import main as roadseg_main
 from tests.conftest import REPO, require_shared
 
@@ -193,10 +193,11 @@ def test_failing_importer_leaves_no_checkpoint(cache, tiny_entry, monkeypatch):
 
 
 def test_missing_importer_module_is_a_clear_error(cache, tiny_entry, monkeypatch, tmp_path):
-    monkeypatch.setitem(ZOO, NAME, replace(tiny_entry, importer="models.importers.no_such_module:run"))
+    monkeypatch.setitem(ZOO, NAME, replace(tiny_entry, importer="models.store.importers.no_such_module:run"))
     local = tmp_path / "tiny.bin"
     local.write_bytes(PAYLOAD)
-    with pytest.raises(ZooError, match=re.escape("importer models.importers.no_such_module:run is not available")):
+    message = "importer models.store.importers.no_such_module:run is not available"
+    with pytest.raises(ZooError, match=re.escape(message)):
         zoo.import_file(NAME, local)
 
 
@@ -268,8 +269,8 @@ def test_cli_models_list_subprocess(tmp_path):
 @pytest.mark.parametrize(
     ("name", "weights", "module"),
     [
-        ("dabnet-cityscapes", "weights/dabnet_cityscapes_paddle.params", "models.importers.paddle_dabnet"),
-        ("espnetv2-cityscapes", "weights/espnetv2_s_2.0_city_1024x512.pth", "models.importers.torch_espnetv2"),
+        ("dabnet-cityscapes", "weights/dabnet_cityscapes_paddle.params", "models.store.importers.paddle_dabnet"),
+        ("espnetv2-cityscapes", "weights/espnetv2_s_2.0_city_1024x512.pth", "models.store.importers.torch_espnetv2"),
     ],
 )
 def test_import_real_upstream_weights(name, weights, module, tmp_path):
@@ -284,7 +285,7 @@ def test_import_real_upstream_weights(name, weights, module, tmp_path):
     assert (tmp_path / "cache" / "models" / f"{name}.safetensors").is_file()
     assert (tmp_path / "cache" / "downloads" / ZOO[name].filename).read_bytes() == source.read_bytes()
     probe = (
-        "import json; from models.registry import load_model; "
+        "import json; from models.store.registry import load_model; "
         f"model, card = load_model({name!r}); "
         "print(json.dumps({'params': sum(p.numel() for p in model.parameters()), "
         "'size': list(card.input.size)}))"

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: runs the "frames" graph of :mod:`models.export`.
+"""ONNX Runtime backend: runs the "frames" graph of :mod:`models.export.onnx_export`.
 
 The graph takes uint8 RGB frames as they come (NHWC, any size) and does the
 whole torch-backend path itself: antialiased resize to the model size,
@@ -13,12 +13,12 @@ session run (resize, network, upsampling and argmax included),
 
 The graph is found in the cache by model fingerprint
 (``<cache>/exports/<model_id>-<fingerprint>-<W>x<H>.onnx``, see
-:func:`models.export.export_path`) or exported there when constructing the
+:func:`models.export.onnx_export.export_path`) or exported there when constructing the
 backend (a few seconds), never on a frame. ``options``:
 
 * ``onnx_path``: run this file instead (it must be a frames graph exported
   from the same weights, card and input size: its metadata is checked);
-* ``cache_dir``: where to look for / put the export (default: :func:`models.zoo.cache_dir`);
+* ``cache_dir``: where to look for / put the export (default: :func:`models.store.zoo.cache_dir`);
 * ``threads``: intra-op threads on the CPU (default: the cores this process may use).
 
 Precisions: CPU ``fp32`` only. ONNX Runtime's CPU provider has no bf16
@@ -44,7 +44,7 @@ from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
-from models.checkpoint import ModelCard
+from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError(f"onnxruntime is not installed ({exc}): pip install 'roadseg[onnx]'") from exc
-        from models import export
+        from models.export import onnx_export as export
 
         options = check_options(self.name, options, OPTIONS)
         self._ort = ort
@@ -151,7 +151,7 @@ class OnnxRuntimeBackend:
         return precision
 
     def _check_explicit(self, path: Path, fingerprint: str, size: tuple[int, int]) -> None:
-        from models import export
+        from models.export import onnx_export as export
 
         if not path.is_file():
             raise BackendError(f"ONNX file {path}: no such file")

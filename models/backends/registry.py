@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported only when a backend is created
     from torch import nn
 
     from models.backends.base import InferenceBackend
-    from models.checkpoint import ModelCard
+    from models.store.checkpoint import ModelCard
 
 BACKENDS: dict[str, str] = {
     "torch": "models.backends.torch_backend:TorchBackend",

@@ -1,7 +1,7 @@
 """TensorRT backend: runs an engine built by ``roadseg export --format tensorrt``.
 
 Engines are looked up in the cache by model fingerprint, GPU, TensorRT version
-and precision (:mod:`models.tensorrt_build`), or given as
+and precision (:mod:`models.export.tensorrt_build`), or given as
 ``options["engine_path"]``; a missing engine is an error, never a build on the
 first frame. Frames are uploaded from pinned memory, resized to the model
 resolution on the GPU (uint8 NHWC, what the exported graph takes), run with
@@ -10,7 +10,7 @@ each frame's size and argmaxed on the GPU like the torch backend does.
 
 Options: ``engine_path`` (use this engine file), ``max_batch`` (pick the cached
 engine built for this batch; default: the largest), ``cache_dir`` (default:
-:func:`models.zoo.cache_dir`), ``model_name`` (the ``--model`` spelling used in
+:func:`models.store.zoo.cache_dir`), ``model_name`` (the ``--model`` spelling used in
 the "build it with" hint; default: the card's model id).
 
 :meth:`TensorRTBackend.close` frees the execution context, engine and device
@@ -35,9 +35,8 @@ from torch import nn
 from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
 from models.backends.torch_backend import _group_by_shape, _ms_since, pinned_stack
-from models.checkpoint import ModelCard
-from models.tensorrt_build import resize_nhwc_uint8
-from models.tensorrt_cache import (
+from models.export.tensorrt_build import resize_nhwc_uint8
+from models.export.tensorrt_cache import (
     TensorRTError,
     build_hint,
     cuda_gpu_name,
@@ -47,6 +46,7 @@ from models.tensorrt_cache import (
     trt_logger,
     trt_version,
 )
+from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class TensorRTBackend:
         if options.get("cache_dir"):
             cache = Path(str(options["cache_dir"])).expanduser()
         else:
-            from models.zoo import cache_dir
+            from models.store.zoo import cache_dir
 
             cache = cache_dir()
         wanted = _parse_max_batch(options.get("max_batch"))

@@ -20,8 +20,8 @@ from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import check_options, model_input_hw
-from models.category_head import inference_forward
-from models.checkpoint import ModelCard
+from models.networks.category_head import inference_forward
+from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from torch import nn
 from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options
 from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since
-from models.checkpoint import ModelCard
+from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 

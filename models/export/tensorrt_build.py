@@ -3,12 +3,12 @@
 ``roadseg export --format tensorrt`` calls :func:`build_engine`; the ``tensorrt``
 backend (:mod:`models.backends.tensorrt_backend`) only ever loads what it built.
 Engine and calibration-cache names, lookups and the environment checks live in
-:mod:`models.tensorrt_cache` (re-exported here); this module reads the graph's
+:mod:`models.export.tensorrt_cache` (re-exported here); this module reads the graph's
 input, prepares INT8 calibration frames and runs the TensorRT 10 builder. Once
 an INT8 calibration cache is written, every later INT8 build of that model
 reuses it (reproducible engines; delete it to recalibrate).
 
-The graph input is what :func:`models.export.export_onnx` produces: uint8 RGB,
+The graph input is what :func:`models.export.onnx_export.export_onnx` produces: uint8 RGB,
 NHWC, at the model's input resolution, dynamic batch; normalisation happens in
 the graph. Calibration frames are prepared the same way as the backend prepares
 camera frames (:func:`resize_nhwc_uint8`).
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.tensorrt_cache import (  # noqa: F401 - re-exported: this module is the TensorRT API callers import
+from models.export.tensorrt_cache import (  # noqa: F401 - re-exported: this module is the TensorRT API callers import
     PRECISIONS,
     TensorRTError,
     build_hint,
@@ -199,7 +199,7 @@ def build_engine(
     version = check_trt_version(trt)
     gpu = cuda_gpu_name()
     if cache_dir is None:
-        from models.zoo import cache_dir as default_cache_dir
+        from models.store.zoo import cache_dir as default_cache_dir
 
         cache_dir = default_cache_dir()
     target = engine_path(cache_dir, fingerprint, gpu, version, precision, max_batch)

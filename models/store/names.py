@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.errors import CheckpointError
-from models.zoo import ZOO, cached_checkpoint
+from models.store.zoo import ZOO, cached_checkpoint
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Models shipped inside the package (trained by this project; small).
 BUILTIN_MODELS: dict[str, Path] = {"demo": WEIGHTS_DIR / "demo-synthetic.safetensors"}
 UNTRAINED_PREFIX = "smp:"  # smp:ARCH:ENCODER, random weights: for benchmarks only

@@ -1,4 +1,4 @@
-"""``--model NAME|PATH``: built-in names, downloaded zoo names (:mod:`models.zoo`), checkpoint
+"""``--model NAME|PATH``: built-in names, downloaded zoo names (:mod:`models.store.zoo`), checkpoint
 paths, or an untrained smp spec."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from safetensors import safe_open
 from torch import nn
 
-from models.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card
-from models.factory import build_model
-from models.names import BUILTIN_MODELS, UNTRAINED_PREFIX, checkpoint_for
-from models.zoo import ZOO, cache_dir, cached_checkpoint
+from models.networks.factory import build_model
+from models.store.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card
+from models.store.names import BUILTIN_MODELS, UNTRAINED_PREFIX, checkpoint_for
+from models.store.zoo import ZOO, cache_dir, cached_checkpoint
 
 log = logging.getLogger(__name__)
 

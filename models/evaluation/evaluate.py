@@ -3,7 +3,7 @@
 Frames are decoded by a small thread pool a few frames ahead of the model, run
 through :class:`~models.backends.TorchBackend` in batches, scored at the full
 label resolution and summed into ONE 8x8 confusion matrix; every metric comes
-from that matrix (see :mod:`models.metrics`). Only a few frames are in memory at
+from that matrix (see :mod:`models.evaluation.metrics`). Only a few frames are in memory at
 a time, plus the downscaled frames kept for the report panels.
 """
 
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from models import metrics
 from models.classes import NUM_CLASSES
+from models.evaluation import metrics
 from stream.cli_args import size_arg
 
 if TYPE_CHECKING:
     from torch import nn
 
     from models.backends import TorchBackend
-    from models.checkpoint import ModelCard
+    from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _make_backend(
     precision: str,
 ) -> TorchBackend:
     from models.backends import TorchBackend
-    from models.registry import load_model
+    from models.store.registry import load_model
 
     model, card = loaded if loaded is not None else load_model(model_spec)
     if size is not None:
@@ -237,7 +237,7 @@ def evaluate(
 
     ``size`` is the model input (width, height), default the card's; masks are always
     scored at the label resolution. ``panels`` frames, spread over the split, are kept
-    downscaled for :func:`models.eval_report.write_report`.
+    downscaled for :func:`models.evaluation.report.write_report`.
     """
     from stream.sources.base import FrameDecodeError, SourceError
 
@@ -379,7 +379,7 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.eval_report import format_table, write_report
+    from models.evaluation.report import format_table, write_report
 
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a folder")

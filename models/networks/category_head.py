@@ -10,7 +10,7 @@ static per-camera void mask supplies it where needed.
 
 Computed as ONE max over all classes and a 1x1 convolution of ``exp(logits - max)``
 with the 0/1 membership matrix, the same maths as the exported ONNX graph
-(:mod:`models.onnx_graph`): no per-category Python loop (6 kernels, not ~25, on a
+(:mod:`models.export.onnx_graph`): no per-category Python loop (6 kernels, not ~25, on a
 GPU), no data-dependent indexing (CUDA-graph capturable), and exactly torch ==
 ONNX. A category whose members all lie more than ~87 below the best class is
 clipped at ``max - 87`` in fp32 (it cannot win the argmax anyway).

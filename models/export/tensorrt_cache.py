@@ -7,7 +7,7 @@ TensorRT version, so all of them are in its name::
     <cache>/engines/<fingerprint>-onnx<graph version>-trt<version>-int8.calib    INT8 calibration cache
 
 ``fingerprint`` is :func:`models.backends.registry.model_fingerprint` (weights,
-card and input size); ``graph version`` is :data:`models.export.EXPORT_VERSION`,
+card and input size); ``graph version`` is :data:`models.export.onnx_export.EXPORT_VERSION`,
 so a change to the exported graph is never answered with an engine built from
 the old one. The INT8 calibration cache holds per-tensor scales, which TensorRT
 computes before layer fusion and so do not depend on the GPU; it is keyed by
@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from models.export import EXPORT_VERSION
+from models.export.onnx_export import EXPORT_VERSION
 
 PRECISIONS = ("fp32", "fp16", "int8")
 SUPPORTED_TRT_MAJOR = 10  # the API this code is written against (INT8 calibrators and flags changed in 11)

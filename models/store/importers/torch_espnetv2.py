@@ -6,7 +6,7 @@ pre-zip format). It is read only with
 rebuilds tensors and plain containers and refuses any other global: reading it
 never runs code from the file.
 
-Usage: ``python -m models.importers.torch_espnetv2 SRC.pth DST.safetensors``
+Usage: ``python -m models.store.importers.torch_espnetv2 SRC.pth DST.safetensors``
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from models.category_head import CategoryFold
-from models.checkpoint import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelCard, load_checkpoint, save_checkpoint
-from models.espnetv2 import CITYSCAPES_HEAD_CLASSES, TOTAL_STRIDE, TRAIN_ID_CLASSES, build_espnetv2
+from models.networks.category_head import CategoryFold
+from models.networks.espnetv2 import CITYSCAPES_HEAD_CLASSES, TOTAL_STRIDE, TRAIN_ID_CLASSES, build_espnetv2
+from models.store.checkpoint import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelCard, load_checkpoint, save_checkpoint
 
 MODEL_ID = "espnetv2-s2.0-cityscapes"
 FAMILY = "espnetv2"
@@ -165,7 +165,7 @@ def _model_card(source: Path) -> ModelCard:
         "source_file": source.name,
         "source_sha256": sha256,
         "matches_published_sha256": sha256 == PUBLISHED_SHA256,
-        "importer": "models.importers.torch_espnetv2",
+        "importer": "models.store.importers.torch_espnetv2",
         "class_fold": CLASS_FOLD,
     }
     spec = InputSpec(

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from models.factory import FAMILIES, SMP_ARCHITECTURES, ModelConfigError
-from models.train_augment import AugmentConfig
-from models.train_data import DEFAULT_WORKERS
+from models.networks.factory import FAMILIES, SMP_ARCHITECTURES, ModelConfigError
+from models.training.augment import AugmentConfig
+from models.training.data import DEFAULT_WORKERS
 
 DATA_KINDS = ("cityscapes", "synthetic")
 # Settings that define the model, the data stream or the LR schedule: a resumed run must

@@ -1,6 +1,6 @@
 """String-keyed model factory: architecture families -> ``nn.Module``.
 
-A checkpoint names its family and arguments (see :mod:`models.checkpoint`), so
+A checkpoint names its family and arguments (see :mod:`models.store.checkpoint`), so
 every model this project can load is built here and nowhere else.
 """
 
@@ -13,8 +13,8 @@ import segmentation_models_pytorch as smp
 from torch import nn
 
 from models.classes import NUM_CLASSES
-from models.dabnet import build_dabnet
-from models.espnetv2 import build_espnetv2
+from models.networks.dabnet import build_dabnet
+from models.networks.espnetv2 import build_espnetv2
 
 # smp architectures by the lower-case name users type.
 SMP_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

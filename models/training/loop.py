@@ -1,6 +1,6 @@
 """The training loop behind ``roadseg train``: AdamW + OneCycle, AMP on CUDA, per-epoch
-validation, checkpoints and exact resume. :func:`train` is the API; :mod:`models.train`
-is its command line and :mod:`models.train_demo` its smallest user.
+validation, checkpoints and exact resume. :func:`train` is the API; :mod:`models.training.train`
+is its command line and :mod:`models.training.demo` its smallest user.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from torch import nn
 from tqdm import tqdm
 
 from models.backends.torch_backend import resolve_device
-from models.category_head import CategoryFold
-from models.checkpoint import InputSpec, ModelCard, read_card
 from models.classes import NUM_CLASSES
-from models.factory import ModelConfigError, build_model
-from models.metrics import category_iou, confusion_matrix, mean_iou
-from models.registry import load_model
-from models.train_config import TrainConfig, default_model_id
-from models.train_data import (
+from models.evaluation.metrics import category_iou, confusion_matrix, mean_iou
+from models.networks.category_head import CategoryFold
+from models.networks.factory import ModelConfigError, build_model
+from models.store.checkpoint import InputSpec, ModelCard, read_card
+from models.store.registry import load_model
+from models.training.config import TrainConfig, default_model_id
+from models.training.data import (
     SYNTHETIC_DEFAULT_VAL_FRAMES,
     SYNTHETIC_VAL_SEED,
     CityscapesFrames,
@@ -35,8 +35,8 @@ from models.train_data import (
     train_loader,
     val_loader,
 )
-from models.train_losses import match_size, segmentation_loss
-from models.train_state import (
+from models.training.losses import match_size, segmentation_loss
+from models.training.state import (
     LAST_NAME,
     LOG_NAME,
     STATE_JSON_NAME,

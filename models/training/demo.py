@@ -1,6 +1,6 @@
 """Train the built-in ``demo`` model on the synthetic drive with the ``roadseg train`` trainer.
 
-    python -m models.train_demo --steps 1500 --out models/weights/demo-synthetic.safetensors
+    python -m models.training.demo --steps 1500 --out models/weights/demo-synthetic.safetensors
 
 The training drives use seeds >= SYNTHETIC_TRAIN_SEED_BASE; the demo plays seed 7, which
 training never sees, so the demo's IoU is a held-out figure. The run is one "epoch" of
@@ -15,11 +15,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from models.checkpoint import save_checkpoint
-from models.train_augment import CROP_AND_FLIP_ONLY
-from models.train_config import TrainConfig
-from models.train_data import SYNTHETIC_TRAIN_DRIVES, SYNTHETIC_TRAIN_SEED_BASE, SYNTHETIC_VAL_SEED
-from models.train_loop import train as run_training
+from models.store.checkpoint import save_checkpoint
+from models.training.augment import CROP_AND_FLIP_ONLY
+from models.training.config import TrainConfig
+from models.training.data import SYNTHETIC_TRAIN_DRIVES, SYNTHETIC_TRAIN_SEED_BASE, SYNTHETIC_VAL_SEED
+from models.training.loop import train as run_training
 
 log = logging.getLogger("train_demo")
 
@@ -54,7 +54,7 @@ def train(steps: int, batch: int, lr: float, out: Path, eval_frames: int, device
     last_seed = SYNTHETIC_TRAIN_SEED_BASE + SYNTHETIC_TRAIN_DRIVES - 1
     card = replace(
         result.card,
-        provenance={"trained_by": "models/train_demo.py (roadseg train)",
+        provenance={"trained_by": "models/training/demo.py (roadseg train)",
                     "data": f"synthetic drive seeds {SYNTHETIC_TRAIN_SEED_BASE}-{last_seed}",
                     "steps": steps, "batch": batch, "crop": CROP, "lr": lr},
     )

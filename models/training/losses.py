@@ -2,11 +2,11 @@
 
     total = CE + dice_weight * Dice + kd_weight * KD
 
-All terms skip pixels labelled :data:`~models.train_augment.IGNORE_INDEX` (crop padding)
+All terms skip pixels labelled :data:`~models.training.augment.IGNORE_INDEX` (crop padding)
 and are computed in fp32 even under autocast: softmax/log of fp16 logits loses precision.
 
 Models that cannot predict void (19-class nets folded to categories by
-:class:`~models.category_head.CategoryFold`: void is a constant -1e4 logit) train with
+:class:`~models.networks.category_head.CategoryFold`: void is a constant -1e4 logit) train with
 ``void_trainable=False``: void pixels are ignored (else CE would be ~1e4 per void pixel
 with no useful gradient) and distillation compares the 7 non-void classes only.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from models.classes import NUM_CLASSES, Category
-from models.train_augment import IGNORE_INDEX
+from models.training.augment import IGNORE_INDEX
 
 DICE_SMOOTH = 1.0  # keeps Dice finite (and ~1 - 1 = 0) for classes absent from the batch
 

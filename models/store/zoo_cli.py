@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models import zoo
+from models.store import zoo
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -37,7 +37,7 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from models.registry import list_models
+    from models.store.registry import list_models
 
     header = ("name", "kind", "cached", "input", "license", "description")
     rows = [header] + [
@@ -64,8 +64,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from models.checkpoint import read_card
-    from models.registry import checkpoint_for
+    from models.store.checkpoint import read_card
+    from models.store.registry import checkpoint_for
 
     path = checkpoint_for(args.model)
     card = json.loads(read_card(path).to_json())

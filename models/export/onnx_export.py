@@ -2,10 +2,10 @@
 
 Two graph layouts share one exported network (``graph=``):
 
-``"model"`` (the default; what :mod:`models.tensorrt_build` builds engines from)
+``"model"`` (the default; what :mod:`models.export.tensorrt_build` builds engines from)
     input ``images``: uint8 RGB NHWC at the model resolution, dynamic batch;
     output ``logits``: float32 NCHW category scores at the model resolution.
-    Channel order and normalisation (the card's :class:`~models.checkpoint.InputSpec`)
+    Channel order and normalisation (the card's :class:`~models.store.checkpoint.InputSpec`)
     run in the graph, so the host sends 1 byte per pixel. The consumer resizes
     frames to the model size and upsamples the logits to each frame's size itself.
 
@@ -38,7 +38,7 @@ argmax-exact, and covered by the parity tests):
   (ESPNetv2's pyramid pooling) is exported as stride-1 average pools plus a
   gather, the exact same windows as PyTorch's (the TorchScript exporter cannot
   export it otherwise).
-* :class:`~models.category_head.CategoryFold` is built by the wrapper, always in
+* :class:`~models.networks.category_head.CategoryFold` is built by the wrapper, always in
   fp32: one shared max, one ``exp``, a 1x1 convolution with the 0/1 membership
   matrix, ``log``. Scores of a category whose members all lie more than ~87
   below the pixel's best class are clipped there instead of going lower (it can
@@ -46,7 +46,7 @@ argmax-exact, and covered by the parity tests):
   floor too instead of exactly ``NEVER_LOGIT``.
 * In the frames graph (ONNX Runtime) ``PRelu`` becomes ``x + (1-slope)*Relu(-x)``
   with the two per-channel scales as depth-wise 1x1 convolutions (equal up to one
-  rounding; see :func:`models.onnx_graph.rewrite_prelu`): ONNX Runtime's CPU
+  rounding; see :func:`models.export.onnx_graph.rewrite_prelu`): ONNX Runtime's CPU
   ``PRelu`` kernel is a slow broadcast that also forces layout reorders around
   every use. The model graph keeps ``PRelu``, which TensorRT fuses natively.
 
@@ -73,9 +73,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch and onnx are imported where used: `roadseg --help` stays fast
     from torch import nn
 
-    from models.checkpoint import ModelCard
+    from models.store.checkpoint import ModelCard
 
-from models.onnx_graph import (  # noqa: F401 - names re-exported as this module's API
+from models.export.onnx_graph import (  # noqa: F401 - names re-exported as this module's API
     FINITE,
     IMAGES,
     LOGITS,
@@ -125,7 +125,7 @@ def export_path(model: nn.Module, card: ModelCard, input_size: tuple[int, int] |
                 graph: str = "frames", precision: str = "fp32", cache: Path | None = None) -> Path:
     """Where the export of this model (weights, card, input size) lives in the cache."""
     from models.backends.registry import model_fingerprint
-    from models.zoo import cache_dir
+    from models.store.zoo import cache_dir
 
     size = _input_size(card, input_size)
     name = export_filename(card.model_id, model_fingerprint(model, card, size), size, graph=graph, precision=precision)
@@ -243,9 +243,9 @@ def export_tensorrt(
     cache: Path | None = None,
 ) -> Path:
     """Export the model-resolution graph into the cache and build (or find) its TensorRT engine
-    with :func:`models.tensorrt_build.build_engine`; returns the engine path."""
+    with :func:`models.export.tensorrt_build.build_engine`; returns the engine path."""
     from models.backends.registry import model_fingerprint
-    from models.zoo import cache_dir
+    from models.store.zoo import cache_dir
 
     try:
         importlib.import_module("tensorrt")
@@ -257,7 +257,7 @@ def export_tensorrt(
     onnx_path = export_path(model, card, size, graph="model", cache=cache)
     if not is_current(onnx_path, fingerprint):
         export_onnx(model, card, onnx_path, input_size=size, graph="model")
-    builder = importlib.import_module("models.tensorrt_build")
+    builder = importlib.import_module("models.export.tensorrt_build")
     engine: Path = builder.build_engine(
         onnx_path, precision=precision, max_batch=max_batch, int8_calibration_source=calibration,
         cache_dir=cache, fingerprint=fingerprint,
@@ -303,7 +303,7 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from models.registry import load_model
+    from models.store.registry import load_model
 
     if args.format == "tensorrt":
         if args.out is not None:

@@ -1,12 +1,12 @@
 """Convert the upstream DABNet Paddle weights (``best.params``) into a roadseg checkpoint.
 
 The upstream file is a pickle of ``{'epoch': int, 'model': {key: (paddle_name,
-float32 array)}}``. It is read with :mod:`models.importers.restricted_pickle`
+float32 array)}}``. It is read with :mod:`models.store.importers.restricted_pickle`
 (never plain ``pickle.load``), renamed to PyTorch names, checked tensor by
-tensor against :func:`models.dabnet.build_dabnet`, and written once as
+tensor against :func:`models.networks.dabnet.build_dabnet`, and written once as
 safetensors with a model card. Usage::
 
-    python -m models.importers.paddle_dabnet best.params dabnet-cityscapes.safetensors
+    python -m models.store.importers.paddle_dabnet best.params dabnet-cityscapes.safetensors
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import InputSpec, ModelCard, save_checkpoint
-from models.dabnet import CITYSCAPES_TRAIN_CLASSES, build_dabnet
-from models.importers.restricted_pickle import load_restricted
+from models.networks.dabnet import CITYSCAPES_TRAIN_CLASSES, build_dabnet
+from models.store.checkpoint import InputSpec, ModelCard, save_checkpoint
+from models.store.importers.restricted_pickle import load_restricted
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "dabnet-cityscapes"
 FAMILY = "dabnet"
-IMPORTER = "models.importers.paddle_dabnet:import_dabnet"  # same "module:function" form as models.zoo
+IMPORTER = "models.store.importers.paddle_dabnet:import_dabnet"  # same "module:function" form as models.store.zoo
 # Where the weights come from (see shared/README.md); recorded in the card.
 UPSTREAM_REPO = "WenmuZhou/DABNet_Paddle"
 UPSTREAM_COMMIT = "d173a4906795d8b3174b7684688b1174b2c7080e"

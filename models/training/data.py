@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from models.train_augment import AugmentConfig, augment, resize_pair
+from models.training.augment import AugmentConfig, augment, resize_pair
 from stream.sources.base import SourceError
 from stream.sources.files import cityscapes_lister, cityscapes_truth_for, read_cityscapes_truth, read_rgb
 from stream.sources.synthetic import SyntheticDrive

@@ -1,6 +1,6 @@
 """The ONNX graphs roadseg writes: the exported network (with export-only rewrites) and the
 wrapper that adds pre-processing, the category fold, upsampling and argmax around it.
-See :mod:`models.export` for the two graph layouts and why they look as they do."""
+See :mod:`models.export.onnx_export` for the two graph layouts and why they look as they do."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch and onnx are imported where used: `roadseg --help` st
     import torch
     from torch import nn
 
-    from models.checkpoint import ModelCard
+    from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ExportError(ValueError):
 def export_network(model: nn.Module, hw: tuple[int, int], *, opset: int,
                     dynamic_batch: bool) -> tuple[onnx.ModelProto, np.ndarray | None]:
     """float32 NCHW normalised input -> scores, as exported by torch (batch 2 traced, so that
-    nothing batch-specific is baked in). A :class:`~models.category_head.CategoryFold` on top is
+    nothing batch-specific is baked in). A :class:`~models.networks.category_head.CategoryFold` on top is
     left out and its membership matrix (categories x source classes) returned instead: the
     wrapper computes the fold (see :func:`_fold_nodes`)."""
     import copy
@@ -45,7 +45,7 @@ def export_network(model: nn.Module, hw: tuple[int, int], *, opset: int,
     import onnx
     import torch
 
-    from models.category_head import CategoryFold
+    from models.networks.category_head import CategoryFold
 
     network = copy.deepcopy(model).float().cpu().eval()
     members = None
@@ -70,11 +70,11 @@ def export_network(model: nn.Module, hw: tuple[int, int], *, opset: int,
 
 def _native_output(net: nn.Module) -> nn.Module:
     """``net`` exporting what the torch backend runs: logits at the network's own output
-    resolution (:func:`~models.category_head.inference_forward`); the wrapper graph
+    resolution (:func:`~models.networks.category_head.inference_forward`); the wrapper graph
     upsamples them once, to the frame size."""
     from torch import nn
 
-    from models.category_head import inference_forward
+    from models.networks.category_head import inference_forward
 
     class NativeOutput(nn.Module):
         def __init__(self) -> None:
@@ -253,7 +253,7 @@ def wrap_network(core: onnx.ModelProto, card: ModelCard, hw: tuple[int, int], *,
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from models.category_head import NEVER_LOGIT
+    from models.networks.category_head import NEVER_LOGIT
 
     height, width = hw
     spec = card.input

@@ -1,6 +1,6 @@
 """The files a training run keeps in ``--out``, all written without pickle.
 
-- ``last.safetensors`` / ``best.safetensors``: roadseg checkpoints (:mod:`models.checkpoint`);
+- ``last.safetensors`` / ``best.safetensors``: roadseg checkpoints (:mod:`models.store.checkpoint`);
 - ``state.safetensors``: model, AdamW moments and RNG states as tensors;
 - ``state.json``: epoch, step, best metric, seed, run config, LR-scheduler and grad-scaler
   scalars, optimizer hyper-parameters;
@@ -27,8 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from models.checkpoint import CheckpointError, ModelCard, save_checkpoint
-from models.train_config import TrainConfig
+from models.store.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from models.training.config import TrainConfig
 
 log = logging.getLogger("roadseg.train")
 

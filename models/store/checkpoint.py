@@ -19,7 +19,7 @@ from torch import nn
 
 from models.classes import CLASS_NAMES
 from models.errors import CheckpointError
-from models.factory import ModelConfigError, build_model
+from models.networks.factory import ModelConfigError, build_model
 
 FORMAT_NAME = "roadseg.checkpoint"
 FORMAT_VERSION = 1

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import ModelCard, read_card
-from models.registry import UNTRAINED_PREFIX, checkpoint_for, load_model
-from models.train_config import (
+from models.store.checkpoint import ModelCard, read_card
+from models.store.registry import UNTRAINED_PREFIX, checkpoint_for, load_model
+from models.training.config import (
     RESUME_MUST_MATCH,
     TrainConfig,
     arch_choices,
@@ -29,8 +29,8 @@ from models.train_config import (
     default_model_id,
     parse_arch,
 )
-from models.train_data import DEFAULT_WORKERS
-from models.train_state import BEST_NAME, read_state_json
+from models.training.data import DEFAULT_WORKERS
+from models.training.state import BEST_NAME, read_state_json
 from stream.cli_args import size_arg
 
 DEFAULT_SIZES = {"cityscapes": (1024, 512), "synthetic": (512, 256)}  # (width, height)
@@ -96,7 +96,7 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from models.train_loop import train  # torch-heavy: only when training
+    from models.training.loop import train  # torch-heavy: only when training
 
     config = resolve_config(args)
     try:

@@ -5,7 +5,7 @@ that each also receive the input image pooled to their scale ("input
 reinforcement"), with 3 and 7 residual EESP units at 1/8 and 1/16. Decoder:
 efficient pyramid pooling at 1/16, then three 2x bilinear steps, each adding a
 sigmoid-gated projection of the encoder map at that scale. The logits are
-upsampled to the input size. Blocks live in :mod:`models.espnetv2_parts`.
+upsampled to the input size. Blocks live in :mod:`models.networks.espnetv2_parts`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.category_head import CategoryFold
-from models.espnetv2_parts import EESP, ConvBnAct, EfficientPyramidPool, GatedSkip, StridedEESP, halve_image
+from models.networks.category_head import CategoryFold
+from models.networks.espnetv2_parts import EESP, ConvBnAct, EfficientPyramidPool, GatedSkip, StridedEESP, halve_image
 
 # Encoder widths at 1/2, 1/4, 1/8, 1/16 per width scale s (EdgeNets' table).
 ENCODER_CHANNELS: dict[float, tuple[int, int, int, int]] = {

@@ -1,7 +1,7 @@
 """Downloadable pretrained models: ``roadseg models pull NAME`` and ``--model NAME``.
 
 Each :class:`ZooEntry` names one upstream weight file (URL + sha256) and the
-importer that converts it into a roadseg checkpoint (:mod:`models.checkpoint`).
+importer that converts it into a roadseg checkpoint (:mod:`models.store.checkpoint`).
 The cache (see :func:`cache_dir`) holds::
 
     <cache>/downloads/<entry.filename>     the upstream file, sha256-verified
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch stays unimported until a model is imported (keeps `roadseg --help` fast)
-    from models.checkpoint import ModelCard
+    from models.store.checkpoint import ModelCard
 
 CACHE_ENV = "ROADSEG_CACHE"
 CHUNK_BYTES = 1 << 16
@@ -61,7 +61,7 @@ ZOO: dict[str, ZooEntry] = {
             "d173a4906795d8b3174b7684688b1174b2c7080e/best.params",
             sha256="6e1bd4a748cd8bd499260f362dfa7dcb39e895770f2bfeb168d670e1bd70586c",
             filename="dabnet_cityscapes_paddle.params",
-            importer="models.importers.paddle_dabnet:import_dabnet",
+            importer="models.store.importers.paddle_dabnet:import_dabnet",
             description="DABNet, 0.76 M params, Cityscapes (WenmuZhou/DABNet_Paddle)",
             license="MIT",
             input_size=(2048, 1024),
@@ -73,7 +73,7 @@ ZOO: dict[str, ZooEntry] = {
             "espnetv2_s_2.0_city_1024x512.pth",
             sha256="a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8",
             filename="espnetv2_s_2.0_city_1024x512.pth",
-            importer="models.importers.torch_espnetv2:import_espnetv2",
+            importer="models.store.importers.torch_espnetv2:import_espnetv2",
             description="ESPNetv2 s=2.0, 0.79 M params, Cityscapes (sacmehta/EdgeNets)",
             license="MIT",
             input_size=(1024, 512),
@@ -233,7 +233,7 @@ def _resolve_importer(item: ZooEntry) -> Callable[[Path, Path], ModelCard]:
 
 def _import(item: ZooEntry, source: Path, cache: Path) -> Path:
     """Run the importer into a private temp dir, check the result loads, rename into place."""
-    from models.checkpoint import load_checkpoint
+    from models.store.checkpoint import load_checkpoint
 
     importer = _resolve_importer(item)
     final = checkpoint_path(item.name, cache=cache)

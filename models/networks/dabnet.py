@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.category_head import CategoryFold
+from models.networks.category_head import CategoryFold
 
 CITYSCAPES_TRAIN_CLASSES = 19
 BN_EPS = 1e-3  # the upstream (Paddle) training used 1e-3, not PyTorch's 1e-5

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (IoU, confusion), roadseg eval, and its report."""
