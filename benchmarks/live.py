@@ -57,8 +57,8 @@ from typing import Any
 from benchmarks.live_report import cores_used, cpu_snapshot, markdown, p50_max, percentiles
 from benchmarks.stamp import decode_stamp
 from models.backends.base import InferenceBackend
+from models.cli_args import positive_float, size_arg
 from stream.batcher import BatchConfig
-from stream.cli_args import positive_float, size_arg
 from stream.config import DEFAULT_MAX_AGE_MS, PipelineConfig
 from stream.frame import Frame
 from stream.pipeline import Pipeline

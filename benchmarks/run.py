@@ -42,9 +42,9 @@ from benchmarks.measure import (
 from benchmarks.report import check_targets, machine_info, machine_name, markdown
 from models.backends.base import InferenceBackend
 from models.backends.registry import BackendError, create_backend
+from models.cli_args import positive_float, size_arg
 from models.store.registry import load_model
 from stream.batcher import BatchConfig
-from stream.cli_args import positive_float, size_arg
 from stream.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,3 +5,17 @@ from __future__ import annotations
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+class DatasetError(Exception):
+    """A dataset folder, file or layout that cannot be used; the message names it."""
+
+
+class UnreadableImage(Exception):
+    """One image or frame could not be decoded (or was refused); readers skip it and count ``cause``."""
+
+    def __init__(self, name: str, reason: str, cause: str = "decode_error") -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+        self.cause = cause

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from models.cli_args import positive_float, size_arg
 from stream.batcher import BatchConfig
-from stream.cli_args import positive_float, size_arg
 from stream.config import DEFAULT_MAX_AGE_MS, DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
 from stream.sources.base import ReplayMode
 from stream.sources.cameras import RtspTransport
@@ -247,8 +247,7 @@ def _main(argv: Sequence[str] | None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from decision_bridge.publisher import PublisherError
     from decision_bridge.schema import SchemaError
-    from models.errors import CheckpointError
-    from stream.sources import SourceError
+    from models.errors import CheckpointError, DatasetError
     from web_viewer.app import ViewerError
 
     try:
@@ -257,7 +256,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return int(handler(args))
         config = config_from_args(args)
         code, forced = asyncio.run(_run(config, args.summary_json))
-    except (SourceError, CheckpointError, PublisherError, ViewerError, SchemaError, ValueError) as exc:
+    except (DatasetError, CheckpointError, PublisherError, ViewerError, SchemaError, ValueError) as exc:
         print(f"roadseg: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if forced:

@@ -14,8 +14,8 @@ import pytest
 
 from decision_bridge.subscriber import MaskSubscriber
 from models.classes import CLASS_NAMES
+from models.cli_args import positive_float, size_arg
 from stream.cli import PLUGIN_SUBCOMMANDS, build_parser, config_from_args
-from stream.cli_args import positive_float, size_arg
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
 QUIET = ["--viewer", "off", "--zmq", "tcp://127.0.0.1:0"]

@@ -20,10 +20,10 @@ import torch
 from models.backends.registry import BackendError, create_backend
 from models.backends.torch_backend import TorchBackend
 from models.backends.torch_cuda import CudaGraphBackend, parse_batch_sizes, plan_batches
+from models.datasets.cityscapes import read_rgb
 from models.networks.category_head import CategoryFold
 from models.store.checkpoint import load_checkpoint
 from models.store.registry import load_model
-from stream.sources.files import read_rgb
 from tests.conftest import require_shared
 from tests.parity import MIN_AGREEMENT, needs_gpu, pooled_agreement
 

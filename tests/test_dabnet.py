@@ -14,12 +14,12 @@ import torch
 
 from models.backends.torch_backend import TorchBackend
 from models.classes import NUM_CLASSES
+from models.datasets.cityscapes import cityscapes_truth_for, read_cityscapes_truth, read_rgb
 from models.evaluation.metrics import category_iou, confusion_matrix
 from models.networks.dabnet import build_dabnet
 from models.store.checkpoint import load_checkpoint
 from models.store.importers.paddle_dabnet import KEY_RENAMES, UPSTREAM_SHA256, DABNetImportError, import_dabnet
 from models.store.importers.restricted_pickle import PickleLoadError, UnsafePickleError, load_restricted
-from stream.sources.files import cityscapes_truth_for, read_cityscapes_truth, read_rgb
 from tests.conftest import DABNET_WEIGHTS, require_shared
 
 WEIGHTS = DABNET_WEIGHTS

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.backends import TorchBackend
+from models.datasets.cityscapes import read_cityscapes_truth, read_rgb
 from models.evaluation.metrics import category_iou, confusion_matrix
 from models.networks.espnetv2 import build_espnetv2
 from models.networks.factory import build_model
@@ -19,7 +20,6 @@ from models.store.importers.torch_espnetv2 import (
     WeightImportError,
     import_espnetv2,
 )
-from stream.sources.files import read_cityscapes_truth, read_rgb
 from tests.conftest import ESPNETV2_WEIGHTS, require_shared
 
 WEIGHTS = ESPNETV2_WEIGHTS

@@ -19,11 +19,11 @@ import pytest
 
 from models.backends import TorchBackend
 from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, NUM_CLASSES, PALETTE, Category
+from models.errors import DatasetError
 from models.evaluation import metrics
 from models.evaluation.evaluate import PANEL_TILE_MAX_WIDTH, default_out_dir, evaluate
 from models.evaluation.report import GAP, confusion_shape, panel_layout, write_report
 from models.store.registry import load_model
-from stream.sources.base import SourceError
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
 MINI_FRAME = "frankfurt_000000_000294"
@@ -188,9 +188,9 @@ def test_metric_functions_on_a_constructed_matrix():
 
 
 def test_errors_name_the_problem(tmp_path, cityscapes_mini, demo):
-    with pytest.raises(SourceError, match="no-such-city"):
+    with pytest.raises(DatasetError, match="no-such-city"):
         evaluate("demo", cityscapes_mini, city="no-such-city", loaded=demo, progress=False)
-    with pytest.raises(SourceError, match="leftImg8bit/test"):
+    with pytest.raises(DatasetError, match="leftImg8bit/test"):
         evaluate("demo", cityscapes_mini, split="test", loaded=demo, progress=False)
     with pytest.raises(ValueError, match=r"multiples of 32"):
         evaluate("demo", cityscapes_mini, size=(500, 256), loaded=demo, progress=False)
@@ -198,7 +198,7 @@ def test_errors_name_the_problem(tmp_path, cityscapes_mini, demo):
     frame = tmp_path / "leftImg8bit/val/bonn/bonn_000001_000019_leftImg8bit.png"
     frame.parent.mkdir(parents=True)
     cv2.imwrite(str(frame), np.zeros((64, 128, 3), np.uint8))
-    with pytest.raises(SourceError, match=r"bonn_000001_000019_leftImg8bit\.png has no ground truth"):
+    with pytest.raises(DatasetError, match=r"bonn_000001_000019_leftImg8bit\.png has no ground truth"):
         evaluate("demo", tmp_path, loaded=demo, progress=False)
 
 

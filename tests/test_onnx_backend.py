@@ -17,11 +17,11 @@ from torch import nn
 
 from models.backends.registry import BackendError, create_backend
 from models.backends.torch_backend import TorchBackend
+from models.datasets.cityscapes import read_rgb
 from models.export.onnx_export import GRAPHS, export_onnx, export_path, exportable_adaptive_avg_pool2d, read_metadata
 from models.store.checkpoint import InputSpec, ModelCard, load_checkpoint
 from models.store.registry import load_model
 from stream.cli import main
-from stream.sources.files import read_rgb
 from tests.conftest import REPO, require_shared
 from tests.parity import MIN_AGREEMENT, frame_agreement
 

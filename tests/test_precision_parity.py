@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from models.backends.torch_backend import TorchBackend
+from models.datasets.cityscapes import read_rgb
+from models.datasets.synthetic_scene import SyntheticDrive
 from models.store.checkpoint import load_checkpoint
 from models.store.registry import load_model
-from stream.sources.files import read_rgb
-from stream.sources.synthetic_scene import SyntheticDrive
 from tests.conftest import require_shared
 from tests.parity import MIN_AGREEMENT, frame_agreement
 

@@ -23,6 +23,7 @@ import torch
 import models.export.tensorrt_build as tb
 from models.backends.registry import BackendError, create_backend, model_fingerprint
 from models.backends.torch_backend import TorchBackend
+from models.datasets.cityscapes import read_rgb
 from models.export.onnx_export import EXPORT_VERSION
 from models.export.tensorrt_build import (
     OnnxInput,
@@ -41,7 +42,6 @@ from models.export.tensorrt_build import (
 )
 from models.store.checkpoint import load_checkpoint
 from models.store.registry import load_model
-from stream.sources.files import read_rgb
 from tests.conftest import require_shared
 from tests.parity import MIN_AGREEMENT, needs_gpu, pooled_agreement
 

@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -26,8 +25,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from models.classes import NUM_CLASSES
+from models.cli_args import size_arg
+from models.datasets.cityscapes import (
+    CITYSCAPES_IMAGE_SUFFIX,
+    CITYSCAPES_TRUTH_SUFFIX,
+    cityscapes_lister,
+    cityscapes_truth_for,
+    read_cityscapes_truth,
+    read_rgb,
+)
+from models.errors import DatasetError, UnreadableImage
 from models.evaluation import metrics
-from stream.cli_args import size_arg
+from models.evaluation.result import TIMING_KEYS, EvalResult, PanelSample, finite_or_none
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,62 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PANELS = 3
 DEFAULT_DECODE_WORKERS = 2
 PANEL_TILE_MAX_WIDTH = 640  # each of image | truth | prediction is downscaled to at most this width
-TIMING_KEYS = ("decode_wait", "preprocess", "inference", "postprocess", "scoring")
-
-
-@dataclass(frozen=True)
-class PanelSample:
-    """One frame kept (downscaled) for an ``image | truth | prediction`` panel."""
-
-    name: str  # the frame's stem, e.g. frankfurt_000000_000294
-    image: np.ndarray  # RGB uint8, downscaled
-    truth: np.ndarray  # categories, downscaled with nearest neighbour
-    prediction: np.ndarray  # categories, downscaled with nearest neighbour
-    mean_iou: float  # of this frame alone
-    pixel_accuracy: float
-
-
-@dataclass
-class EvalResult:
-    """Everything one evaluation measured; the metrics are derived from ``confusion``."""
-
-    model_spec: str
-    model_id: str
-    card_input_size: tuple[int, int]  # (width, height) the model card declares
-    input_size: tuple[int, int]  # (width, height) the model actually ran at
-    device: str
-    precision: str
-    root: str
-    split: str
-    city: str | None
-    frames: int
-    batch: int
-    confusion: np.ndarray  # int64 [truth, prediction] pixel counts, summed over all frames
-    elapsed_s: float  # first decode to last score (model load and warm-up excluded)
-    timing_ms: dict[str, float]  # mean ms per image for each of TIMING_KEYS
-    per_frame: list[dict[str, Any]] = field(default_factory=list)  # name, mean_iou, pixel_accuracy
-    invalid_frames: list[str] = field(default_factory=list)  # frames whose logits were not finite
-    samples: list[PanelSample] = field(default_factory=list)
-    # Derived in __post_init__:
-    per_class_iou: np.ndarray = field(init=False)
-    dice: np.ndarray = field(init=False)
-    mean_iou: float = field(init=False)  # 8 classes, void counted as a class
-    category_iou: float = field(init=False)  # official Cityscapes category IoU: void truth ignored
-    pixel_accuracy: float = field(init=False)
-    confusion_normalized: np.ndarray = field(init=False)  # rows sum to 1 (0 for absent truth classes)
-    images_per_s: float = field(init=False)
-    ms_per_image: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        cm = self.confusion
-        self.per_class_iou = metrics.per_class_iou(cm)
-        self.dice = metrics.dice(cm)
-        self.mean_iou = metrics.mean_iou(cm)
-        self.category_iou = metrics.category_iou(cm)
-        self.pixel_accuracy = metrics.pixel_accuracy(cm)
-        self.confusion_normalized = metrics.row_normalized(cm)
-        self.images_per_s = self.frames / self.elapsed_s if self.elapsed_s > 0 else float("nan")
-        self.ms_per_image = 1000.0 * self.elapsed_s / self.frames if self.frames else float("nan")
 
 
 class _Decoded(NamedTuple):
@@ -105,27 +58,15 @@ class _Decoded(NamedTuple):
     truth: np.ndarray
 
 
-def finite_or_none(value: float) -> float | None:
-    """A JSON-safe number: NaN/inf become None (null)."""
-    return round(float(value), 6) if np.isfinite(value) else None
-
-
 def list_frames(root: Path, split: str, city: str | None, limit: int | None = None) -> list[tuple[Path, Path]]:
-    """``(image, labelIds)`` pairs of a Cityscapes split, sorted; SourceError names what is missing."""
-    from stream.sources.base import SourceError
-    from stream.sources.files import (
-        CITYSCAPES_IMAGE_SUFFIX,
-        CITYSCAPES_TRUTH_SUFFIX,
-        cityscapes_lister,
-        cityscapes_truth_for,
-    )
+    """``(image, labelIds)`` pairs of a Cityscapes split, sorted; DatasetError names what is missing."""
 
     if not root.is_dir():
-        raise SourceError(f"cityscapes root {root}: no such folder")
+        raise DatasetError(f"cityscapes root {root}: no such folder")
     images = cityscapes_lister(root, split, city)()
     if not images:
         where = root / "leftImg8bit" / split / (city or "*")
-        raise SourceError(f"cityscapes {root}: no *{CITYSCAPES_IMAGE_SUFFIX} frames in {where}")
+        raise DatasetError(f"cityscapes {root}: no *{CITYSCAPES_IMAGE_SUFFIX} frames in {where}")
     if limit is not None:
         images = images[:limit]
     truth_for = cityscapes_truth_for(root, split)
@@ -135,7 +76,7 @@ def list_frames(root: Path, split: str, city: str | None, limit: int | None = No
         if truth is None:
             stem = image.name[: -len(CITYSCAPES_IMAGE_SUFFIX)]
             expected = root / "gtFine" / split / image.parent.name / f"{stem}{CITYSCAPES_TRUTH_SUFFIX}"
-            raise SourceError(
+            raise DatasetError(
                 f"cityscapes {root}: frame {image} has no ground truth (expected {expected}); "
                 "eval needs gtFine labelIds for every frame"
             )
@@ -167,8 +108,6 @@ def _make_backend(
 
 
 def _decode(index: int, image_path: Path, truth_path: Path) -> _Decoded:
-    from stream.sources.files import CITYSCAPES_IMAGE_SUFFIX, read_cityscapes_truth, read_rgb
-
     image = read_rgb(image_path)
     truth = read_cityscapes_truth(truth_path, image.shape[:2])
     return _Decoded(index, image_path.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX), image, truth)
@@ -239,8 +178,6 @@ def evaluate(
     scored at the label resolution. ``panels`` frames, spread over the split, are kept
     downscaled for :func:`models.evaluation.report.write_report`.
     """
-    from stream.sources.base import FrameDecodeError, SourceError
-
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     if limit is not None and limit < 1:
@@ -283,8 +220,8 @@ def evaluate(
                     wait_start = time.monotonic_ns()
                     try:
                         chunk.append(pending.popleft().result())
-                    except FrameDecodeError as exc:
-                        raise SourceError(f"eval cannot read {exc}") from exc
+                    except UnreadableImage as exc:
+                        raise DatasetError(f"eval cannot read {exc}") from exc
                     totals_ns["decode_wait"] += time.monotonic_ns() - wait_start
                     top_up()
                 out = backend.infer([item.image for item in chunk])

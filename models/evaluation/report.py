@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from models.classes import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize
-from models.evaluation.evaluate import EvalResult, PanelSample, finite_or_none
+from models.evaluation.result import EvalResult, PanelSample, finite_or_none
 
 log = logging.getLogger(__name__)
 

@@ -64,9 +64,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +73,8 @@ if TYPE_CHECKING:  # torch and onnx are imported where used: `roadseg --help` st
 
     from models.store.checkpoint import ModelCard
 
+from models.atomic import write_bytes_atomically
+from models.cli_args import size_arg
 from models.export.onnx_graph import (  # noqa: F401 - names re-exported as this module's API
     FINITE,
     IMAGES,
@@ -87,7 +87,6 @@ from models.export.onnx_graph import (  # noqa: F401 - names re-exported as this
     to_fp16,
     wrap_network,
 )
-from stream.cli_args import size_arg
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ def export_onnx(
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"exported graph of {card.model_id} is not valid ONNX: {exc}") from exc
     path = Path(path)
-    _write_atomically(path, wrapped.SerializeToString())
+    write_bytes_atomically(path, wrapped.SerializeToString())
     log.info("exported %s (%s graph, %s, %dx%d) to %s", card.model_id, graph, precision, width, height, path)
     return path
 
@@ -215,18 +214,6 @@ def _input_size(card: ModelCard, input_size: tuple[int, int] | None) -> tuple[in
 def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ExportError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- the network: TorchScript export of an export-friendly copy ---------------------------------------------------

@@ -20,11 +20,9 @@ CPU-only machines too.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.errors import DatasetError
 from models.export.tensorrt_cache import (  # noqa: F401 - re-exported: this module is the TensorRT API callers import
     PRECISIONS,
     TensorRTError,
@@ -121,46 +120,20 @@ def load_calibration_frames(source: str, count: int, size_hw: tuple[int, int]) -
     if count < 1:
         raise TensorRTError(f"calibration needs at least one frame, got calibration_frames={count}")
 
-    async def collect() -> list[np.ndarray]:
-        import torch
+    import torch
 
-        from stream.sources import EndOfStream, SourceOptions, open_source
-
-        opened = await open_source("calibration", source, SourceOptions(max_frames=count))
-        frames: list[np.ndarray] = []
-        try:
-            while len(frames) < count:
-                try:
-                    frame = await opened.recv()
-                except EndOfStream:
-                    break
-                image = torch.from_numpy(np.array(frame.image)).unsqueeze(0)  # frames are read-only
-                frames.append(resize_nhwc_uint8(image, size_hw)[0].numpy())
-        finally:
-            await opened.close()
-        return frames
+    from models.datasets.recordings import read_frames
 
     try:
-        frames = _run_coroutine(collect)
-    except TensorRTError:
-        raise
-    except Exception as exc:  # SourceError and decode errors: name the source
+        images = read_frames(source, count)
+    except (DatasetError, OSError) as exc:  # name the source
         raise TensorRTError(f"calibration source {source!r}: {exc}") from exc
+    frames = [resize_nhwc_uint8(torch.from_numpy(image).unsqueeze(0), size_hw)[0].numpy() for image in images]
     if not frames:
         raise TensorRTError(f"calibration source {source!r} produced no frames")
     if len(frames) < count:
         log.warning("calibration source %s has only %d of the %d frames asked for", source, len(frames), count)
     return np.stack(frames)
-
-
-def _run_coroutine(factory: Callable[[], Any]) -> Any:
-    """``asyncio.run`` that also works when called from inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration") as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
 
 
 def calibration_batches(frames: np.ndarray, batch: int) -> Iterator[np.ndarray]:

@@ -20,14 +20,13 @@ on CPU-only machines too.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from models.atomic import write_bytes_atomically
 from models.export.onnx_export import EXPORT_VERSION
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -172,14 +171,6 @@ def trt_logger(trt: ModuleType) -> Any:
 
 
 def write_atomically(path: Path, data: Any) -> None:
-    """Write a bytes-like object (TensorRT's IHostMemory and cache buffers are) via a temporary file,
-    so a crash mid-write never leaves a truncated engine or calibration cache under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(memoryview(data))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """TensorRT's IHostMemory and cache buffers, written so a crash mid-write never leaves a
+    truncated engine or calibration cache under the real name."""
+    write_bytes_atomically(path, data)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from models.datasets.cityscapes import cityscapes_lister, cityscapes_truth_for, read_cityscapes_truth, read_rgb
+from models.datasets.synthetic_scene import SyntheticDrive
+from models.errors import DatasetError
 from models.training.augment import AugmentConfig, augment, resize_pair
-from stream.sources.base import SourceError
-from stream.sources.files import cityscapes_lister, cityscapes_truth_for, read_cityscapes_truth, read_rgb
-from stream.sources.synthetic import SyntheticDrive
 
 # The synthetic drive: training drives use seeds >= SYNTHETIC_TRAIN_SEED_BASE; validation
 # plays seed 7 (the demo's drive), which training never sees, so its IoU is held out.
@@ -48,15 +48,15 @@ class CityscapesFrames:
 
     def __init__(self, root: Path, split: str) -> None:
         if not root.is_dir():
-            raise SourceError(f"--cityscapes {root}: no such folder")
+            raise DatasetError(f"--cityscapes {root}: no such folder")
         images = cityscapes_lister(root, split, None)()
         if not images:
-            raise SourceError(f"--cityscapes {root}: no *_leftImg8bit.png images under leftImg8bit/{split}")
+            raise DatasetError(f"--cityscapes {root}: no *_leftImg8bit.png images under leftImg8bit/{split}")
         truth_for = cityscapes_truth_for(root, split)
         truths = [truth_for(image) for image in images]
         missing = [image for image, truth in zip(images, truths, strict=True) if truth is None]
         if missing:
-            raise SourceError(f"--cityscapes {root}: {len(missing)} {split} images have no gtFine labelIds, "
+            raise DatasetError(f"--cityscapes {root}: {len(missing)} {split} images have no gtFine labelIds, "
                               f"e.g. {missing[0]}")
         self.root, self.split = root, split
         self.pairs: list[tuple[Path, Path]] = [(i, t) for i, t in zip(images, truths, strict=True) if t]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from models.atomic import atomic_path
 from models.store.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from models.training.config import TrainConfig
 
@@ -70,9 +70,8 @@ class SavedState:
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        write(temporary)
 
 
 def write_checkpoints(out: Path, model: nn.Module, card: ModelCard, *, best: bool) -> None:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from models.cli_args import size_arg
 from models.store.checkpoint import ModelCard, read_card
 from models.store.registry import UNTRAINED_PREFIX, checkpoint_for, load_model
 from models.training.config import (
@@ -31,7 +32,6 @@ from models.training.config import (
 )
 from models.training.data import DEFAULT_WORKERS
 from models.training.state import BEST_NAME, read_state_json
-from stream.cli_args import size_arg
 
 DEFAULT_SIZES = {"cityscapes": (1024, 512), "synthetic": (512, 256)}  # (width, height)
 SYNTHETIC_STEPS_PER_EPOCH = 100  # the synthetic drive is endless: an "epoch" is a fixed step count

@@ -16,6 +16,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.datasets.cityscapes import (
+    CITYSCAPES_FPS,
+    IMAGE_EXTENSIONS,
+    cityscapes_lister,
+    cityscapes_truth_for,
+    list_images,
+)
 from stream.clock import MONOTONIC, Clock
 from stream.sources.base import EndOfStream, FrameSource, ReplayMode, SourceError, ThreadedReplaySource
 from stream.sources.cameras import (
@@ -29,15 +36,7 @@ from stream.sources.cameras import (
     rtsp_opener,
     v4l2_opener,
 )
-from stream.sources.files import (
-    CITYSCAPES_FPS,
-    IMAGE_EXTENSIONS,
-    ImageListSource,
-    VideoFileSource,
-    cityscapes_lister,
-    cityscapes_truth_for,
-    list_images,
-)
+from stream.sources.files import ImageListSource, VideoFileSource
 from stream.sources.limits import FrameLimits
 from stream.sources.live import LiveCaptureSource, LiveOptions
 

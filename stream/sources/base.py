@@ -19,6 +19,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from models.errors import DatasetError, UnreadableImage
 from stream.clock import MONOTONIC, Clock
 from stream.frame import Frame
 from stream.health import StreamHealth, StreamState, frame_age_ms
@@ -39,7 +40,7 @@ class ReplayMode(StrEnum):
     LIVE = "live"  # the newest frame, on time: late frames are skipped and counted, like a camera
 
 
-class SourceError(Exception):
+class SourceError(DatasetError):
     """A source cannot be opened or read; the message names the input."""
 
 
@@ -47,14 +48,8 @@ class EndOfStream(Exception):
     """The source has no more frames."""
 
 
-class FrameDecodeError(Exception):
-    """One frame could not be decoded; the source skips it and counts the drop."""
-
-    def __init__(self, name: str, reason: str, cause: str = DROP_CAUSE_DECODE) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
-        self.cause = cause
+# One frame could not be decoded or was refused: the source skips it and counts its cause.
+FrameDecodeError = UnreadableImage
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.atomic import atomic_path
 from models.networks.dabnet import CITYSCAPES_TRAIN_CLASSES, build_dabnet
 from models.store.checkpoint import InputSpec, ModelCard, save_checkpoint
 from models.store.importers.restricted_pickle import load_restricted
@@ -174,13 +174,8 @@ def import_dabnet(source: Path, destination: Path) -> ModelCard:
     model = build_dabnet()
     model.load_state_dict(_torch_state(arrays, model, source), strict=True)
     card = _card(source, raw.get("epoch"))
-    # Write beside the target and rename, so a failed write never leaves a half checkpoint.
-    partial = destination.with_name(destination.name + ".partial")
-    try:
+    with atomic_path(destination) as partial:  # a failed write never leaves a half checkpoint
         save_checkpoint(partial, model, card)
-        os.replace(partial, destination)
-    finally:
-        partial.unlink(missing_ok=True)
     return card
 
 

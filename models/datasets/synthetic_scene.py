@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from models.classes import Category
-from stream.sources.synthetic_world import (
+from models.datasets.synthetic_world import (
     _BAND_EDGES,
     _CLOTHES,
     _DARK,
