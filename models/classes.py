@@ -2,6 +2,13 @@
 
 Category ids equal the Cityscapes ``categoryId`` of ``labels.py`` so a
 ``gtFine_labelIds`` image maps to our classes with one table lookup.
+
+Truth masks hold a category id, or :data:`IGNORE` where the pixel is scored and trained
+by no one: the Cityscapes labels with ``ignoreInEval`` that belong to a real category
+(parking, rail track, guard rail, bridge, tunnel, polegroup, caravan, trailer). The
+official category metric leaves them out entirely (they are neither a hit, a miss nor a
+false alarm of any category), and so does every roadseg metric and training loss; see
+:data:`IGNORED_IN_EVAL`.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ class Category(IntEnum):
 
 NUM_CLASSES = len(Category)
 CLASS_NAMES: tuple[str, ...] = tuple(c.name.lower() for c in Category)
+# Truth value of pixels no metric or loss counts (not a category: masks a model predicts never
+# hold it). Also the crop padding of training (models.training.augment.IGNORE_INDEX).
+IGNORE = 255
 
 # One RGB colour per category: the colour of each category's most common
 # Cityscapes class, so overlays look familiar to anyone who has seen the dataset.
@@ -54,10 +64,21 @@ _LABEL_ID_CATEGORY: dict[int, Category] = {
     **{i: Category.VEHICLE for i in range(26, 34)},  # car .. bicycle
 }
 
+# labelIds that labels.py marks ignoreInEval although their category is not void. The official
+# category IoU (cityscapesScripts getIouScoreForCategory) skips their pixels in TP, FN and FP
+# alike, so they become IGNORE, not void: void-truth pixels still count in roadseg's "void
+# included" mean IoU, these count nowhere. Training skips them too, as the 19-class Cityscapes
+# recipe does (trainId 255), so a model learns exactly the pixels it is scored on; mapping them
+# to void instead would teach models that predict void to call trailers and tunnels void.
+IGNORED_IN_EVAL: dict[int, str] = {
+    9: "parking", 10: "rail track", 14: "guard rail", 15: "bridge", 16: "tunnel", 18: "polegroup",
+    29: "caravan", 30: "trailer",
+}
+
 # Lookup table over all 256 uint8 values; ids Cityscapes does not define map to void.
 LABEL_ID_TO_CATEGORY = np.zeros(256, dtype=np.uint8)
 for _label_id, _category in _LABEL_ID_CATEGORY.items():
-    LABEL_ID_TO_CATEGORY[_label_id] = _category
+    LABEL_ID_TO_CATEGORY[_label_id] = IGNORE if _label_id in IGNORED_IN_EVAL else _category
 LABEL_ID_TO_CATEGORY.setflags(write=False)
 
 # Cityscapes trainId (0..18) -> category, for models trained on the 19 classes.
@@ -77,13 +98,21 @@ TRAIN_ID_TO_CATEGORY.setflags(write=False)
 
 
 def label_ids_to_categories(label_ids: np.ndarray) -> np.ndarray:
-    """Map a Cityscapes ``labelIds`` image (any int dtype) to category ids (uint8)."""
+    """Map a Cityscapes ``labelIds`` image (any int dtype) to category ids (uint8), with
+    :data:`IGNORE` for the :data:`IGNORED_IN_EVAL` labels. The one place truth is folded:
+    eval, the live pipeline's IoU and training all read Cityscapes truth through it."""
     if label_ids.dtype != np.uint8:
         # Negative ids (license plate, -1) and anything >255 are void by definition.
         label_ids = np.where((label_ids < 0) | (label_ids > 255), 0, label_ids).astype(np.uint8)
     return LABEL_ID_TO_CATEGORY[label_ids]
 
 
+# PALETTE over all 256 uint8 values: IGNORE (and any other non-category id) draws as void.
+_PALETTE_256 = np.zeros((256, 3), dtype=np.uint8)
+_PALETTE_256[: len(PALETTE)] = PALETTE
+_PALETTE_256.setflags(write=False)
+
+
 def colorize(mask: np.ndarray) -> np.ndarray:
-    """HxW category mask -> HxWx3 uint8 RGB using :data:`PALETTE`."""
-    return PALETTE[mask]
+    """HxW uint8 category mask -> HxWx3 uint8 RGB using :data:`PALETTE` (IGNORE as void)."""
+    return _PALETTE_256[mask]

@@ -10,7 +10,17 @@ from typing import Any
 import numpy as np
 
 from models.classes import CLASS_NAMES, NUM_CLASSES
-from models.evaluation.metrics import category_iou, mean_iou, per_class_iou
+from models.evaluation.metrics import (
+    CATEGORY_IOU_LABEL,
+    MEAN_IOU_LABEL,
+    VOID_IGNORED_LABEL,
+    VOID_INCLUDED_LABEL,
+    category_iou,
+    mean_iou,
+    per_class_iou,
+    per_class_iou_void_ignored,
+    percent,
+)
 
 STAGES = ("queue", "preprocess", "inference", "postprocess", "publish", "end_to_end")
 PERCENTILES = (50, 95, 99)
@@ -156,11 +166,18 @@ def _nan_to_none(value: float) -> float | None:
 
 
 def iou_summary(cm: np.ndarray) -> dict[str, Any]:
+    """Fractions, as ``roadseg eval``'s metrics.json: ``mean_iou`` averages ``per_class`` (void
+    included), ``category_iou`` averages ``per_class_void_ignored`` (the official Cityscapes IoUs)."""
     return {
         "mean_iou": _nan_to_none(mean_iou(cm)),
         "category_iou": _nan_to_none(category_iou(cm)),
-        "per_class": {name: _nan_to_none(float(v)) for name, v in zip(CLASS_NAMES, per_class_iou(cm), strict=True)},
+        "per_class": _by_class(per_class_iou(cm)),
+        "per_class_void_ignored": _by_class(per_class_iou_void_ignored(cm)),
     }
+
+
+def _by_class(values: np.ndarray) -> dict[str, float | None]:
+    return {name: _nan_to_none(float(v)) for name, v in zip(CLASS_NAMES, values, strict=True)}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -172,14 +189,23 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"  {stage:<12} ms  mean {stats['mean']:8.2f}  {pcts}")
     iou = summary.get("iou")
     if iou:
-        lines.append(f"mean IoU (8 classes, void included): {_fmt(iou['mean_iou'])}")
-        lines.append(f"category IoU (Cityscapes, void ignored): {_fmt(iou['category_iou'])}")
-        lines.append("  " + "  ".join(f"{k} {_fmt(v)}" for k, v in iou["per_class"].items()))
+        lines.extend(_iou_lines(iou))
     lines.extend(_stream_line(sid, s) for sid, s in summary.get("streams", {}).items())
     lines.append(f"dropped: {summary['dropped_total']} {summary['dropped'] or ''}".rstrip())
     for error in summary["errors"]:
         lines.append(f"error: {error}")
     return "\n".join(lines)
+
+
+def _iou_lines(iou: dict[str, Any]) -> list[str]:
+    """The same words and units (percent) as ``roadseg eval``'s table."""
+    width = len(CATEGORY_IOU_LABEL) + 2
+    lines = [f"{MEAN_IOU_LABEL:<{width}}{percent(iou['mean_iou']):>7}   (mean of '{VOID_INCLUDED_LABEL}')",
+             f"{CATEGORY_IOU_LABEL:<{width}}{percent(iou['category_iou']):>7}   (mean of '{VOID_IGNORED_LABEL}')"]
+    for label, key in ((VOID_INCLUDED_LABEL, "per_class"), (VOID_IGNORED_LABEL, "per_class_void_ignored")):
+        values = iou.get(key) or {}
+        lines.append(f"  {label}: " + "  ".join(f"{name} {percent(v)}" for name, v in values.items()))
+    return lines
 
 
 def _stream_line(stream_id: str, s: dict[str, Any]) -> str:
@@ -193,6 +219,3 @@ def _stream_line(stream_id: str, s: dict[str, Any]) -> str:
         line += f", fell {s['lag_ms'] / 1000:.1f} s behind"
     return line
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from models.backends import TorchBackend
-from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, NUM_CLASSES, PALETTE, Category
+from models.classes import CLASS_NAMES, IGNORE, LABEL_ID_TO_CATEGORY, NUM_CLASSES, Category, colorize
 from models.errors import DatasetError
 from models.evaluation import metrics
 from models.evaluation.evaluate import PANEL_TILE_MAX_WIDTH, default_out_dir, evaluate
@@ -29,7 +29,8 @@ ROADSEG = [sys.executable, "-m", "stream.cli"]
 MINI_FRAME = "frankfurt_000000_000294"
 JSON_FIELDS = {
     "roadseg_version", "torch_version", "model_spec", "model_id", "card_input_size", "input_size", "device",
-    "precision", "split", "city", "frames", "batch", "classes", "per_class_iou", "dice", "mean_iou",
+    "precision", "split", "city", "frames", "batch", "classes", "per_class_iou", "dice", "mean_iou", "backend",
+    "per_class_iou_void_ignored", "ignored_pixels",
     "category_iou", "pixel_accuracy", "confusion", "confusion_normalized", "images_per_s", "ms_per_image",
     "timing_ms_per_image", "panels",
 }
@@ -63,11 +64,12 @@ def _reference(demo, frames, size=None):
 
 
 def _numpy_iou(truths, predictions, ignore_void=False):
-    """Per-class IoU over all frames (intersections and unions summed), NaN where absent."""
+    """Per-class IoU over all frames (intersections and unions summed), NaN where absent;
+    IGNORE truth pixels (Cityscapes labels ignored in evaluation) count nowhere."""
     inter = np.zeros(NUM_CLASSES)
     union = np.zeros(NUM_CLASSES)
     for truth, pred in zip(truths, predictions, strict=True):
-        keep = truth != Category.VOID if ignore_void else np.ones(truth.shape, bool)
+        keep = (truth != Category.VOID) & (truth != IGNORE) if ignore_void else truth != IGNORE
         for c in range(NUM_CLASSES):
             t, p = (truth == c) & keep, (pred == c) & keep
             inter[c] += np.count_nonzero(t & p)
@@ -82,12 +84,18 @@ def _check_against_reference(body: dict, truths, predictions) -> None:
     for c, name in enumerate(CLASS_NAMES):
         got = body["per_class_iou"][name]
         assert (got is None) if np.isnan(iou[c]) else got == pytest.approx(iou[c], abs=1e-6), name
-    category = _numpy_iou(truths, predictions, ignore_void=True)[1:]
-    assert body["category_iou"] == pytest.approx(float(np.nanmean(category)), abs=1e-6)
+    category = _numpy_iou(truths, predictions, ignore_void=True)
+    assert body["category_iou"] == pytest.approx(float(np.nanmean(category[1:])), abs=1e-6)
+    for c, name in enumerate(CLASS_NAMES[1:], start=1):
+        got = body["per_class_iou_void_ignored"][name]
+        assert (got is None) if np.isnan(category[c]) else got == pytest.approx(category[c], abs=1e-6), name
+    assert body["per_class_iou_void_ignored"]["void"] is None
     correct = sum(int(np.count_nonzero(t == p)) for t, p in zip(truths, predictions, strict=True))
-    pixels = sum(t.size for t in truths)
+    ignored = sum(int(np.count_nonzero(t == IGNORE)) for t in truths)
+    pixels = sum(t.size for t in truths) - ignored
     assert body["pixel_accuracy"] == pytest.approx(correct / pixels, abs=1e-6)
     assert np.array(body["confusion"]).sum() == pixels  # scored at full label resolution
+    assert body["ignored_pixels"] == ignored
 
 
 def _check_dice(body: dict) -> None:
@@ -122,7 +130,7 @@ def test_cityscapes_two_frames_resized_input_and_report_images(tmp_path, citysca
     size = (256, 128)  # not the native size: masks must still be scored at 2048x1024
     result = evaluate("demo", cityscapes_root, limit=2, size=size, panels=2, loaded=demo, progress=False, **EXACT)
     assert result.frames == 2 and result.input_size == size
-    assert int(result.confusion.sum()) == 2 * 2048 * 1024
+    assert int(result.confusion.sum()) + result.ignored_pixels == 2 * 2048 * 1024
     write_report(result, tmp_path, panels=2)
     body = json.loads((tmp_path / "metrics.json").read_text())
     frames = _frames(cityscapes_root)[:2]
@@ -142,7 +150,7 @@ def test_cityscapes_two_frames_resized_input_and_report_images(tmp_path, citysca
         for x, mask in zip(layout.tile_x[1:], (truth, pred), strict=True):
             tile = panel[layout.tile_y : layout.tile_y + tile_h, x : x + tile_w]
             small = cv2.resize(mask, (tile_w, tile_h), interpolation=cv2.INTER_NEAREST)
-            assert np.array_equal(tile, PALETTE[small])
+            assert np.array_equal(tile, colorize(small))
 
 
 def test_category_iou_ignores_void_truth(tmp_path, cityscapes_mini, demo):
@@ -217,7 +225,8 @@ def test_cli_prints_table_and_writes_report(tmp_path, cityscapes_mini):
                              "--device", "cpu", "--batch", "2", "--panels", "1", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    for text in ("mean IoU", "category IoU", "pixel accuracy", "images/s", f"output: {out}", *CLASS_NAMES):
+    for text in ("mean IoU", "category IoU", "pixel accuracy", "images/s", f"output: {out}", *CLASS_NAMES,
+                 "IoU % void included", "IoU % void ignored"):
         assert text in result.stdout, text
     assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion.png", f"{MINI_FRAME}_panel.png"}
     assert json.loads((out / "metrics.json").read_text())["batch"] == 2

@@ -12,7 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from models.backends import TorchBackend, resolve_precision
-from models.classes import CLASS_NAMES, LABEL_ID_TO_CATEGORY, Category, label_ids_to_categories
+from models.classes import (
+    CLASS_NAMES,
+    IGNORE,
+    IGNORED_IN_EVAL,
+    LABEL_ID_TO_CATEGORY,
+    Category,
+    label_ids_to_categories,
+)
 from models.evaluation.metrics import category_iou, confusion_matrix, mean_iou, per_class_iou
 from models.networks.factory import ModelConfigError, build_model, build_smp
 from models.store.checkpoint import (
@@ -51,6 +58,10 @@ def test_label_table_matches_cityscapes():
     assert LABEL_ID_TO_CATEGORY[200] == Category.VOID
     ids = np.array([[-1, 23], [26, 300]], np.int32)
     assert label_ids_to_categories(ids).tolist() == [[0, Category.SKY], [Category.VEHICLE, 0]]
+    # ignoreInEval labels of a real category (labels.py): scored and trained by no one.
+    for label_id in (9, 10, 14, 15, 16, 18, 29, 30):  # parking .. trailer
+        assert LABEL_ID_TO_CATEGORY[label_id] == IGNORE, label_id
+    assert set(IGNORED_IN_EVAL) == {9, 10, 14, 15, 16, 18, 29, 30}
 
 
 def test_factory_errors_list_valid_choices():

@@ -22,8 +22,12 @@ from stream.sources.files import ImageListSource
 from tests.pipeline_helpers import LOOPBACK_ANY, receive, running, subscribe, wait_for
 
 # Cityscapes labelId ranges per category, written out independently of models.classes.
-CATEGORY_OF_LABEL = {7: 1, 8: 1, 9: 1, 10: 1, 11: 2, 12: 2, 13: 2, 14: 2, 15: 2, 16: 2, 17: 3, 18: 3, 19: 3,
-                     20: 3, 21: 4, 22: 4, 23: 5, 24: 6, 25: 6, **{i: 7 for i in range(26, 34)}}
+CATEGORY_OF_LABEL = {7: 1, 8: 1, 11: 2, 12: 2, 13: 2, 17: 3, 19: 3, 20: 3, 21: 4, 22: 4, 23: 5, 24: 6, 25: 6,
+                     26: 7, 27: 7, 28: 7, 31: 7, 32: 7, 33: 7}
+# cityscapesScripts labels.py: ignoreInEval although in a category (parking, rail track, guard rail,
+# bridge, tunnel, polegroup, caravan, trailer): scored by no IoU.
+IGNORED_LABELS = (9, 10, 14, 15, 16, 18, 29, 30)
+UNSCORED = 255
 
 
 def independent_truth(label_path) -> np.ndarray:
@@ -32,14 +36,16 @@ def independent_truth(label_path) -> np.ndarray:
     truth = np.zeros(ids.shape, np.uint8)
     for label, category in CATEGORY_OF_LABEL.items():
         truth[ids == label] = category
+    truth[np.isin(ids, IGNORED_LABELS)] = UNSCORED
     return truth
 
 
 def independent_mean_iou(truths, preds) -> tuple[float, list[float | None]]:
     per_class = []
     for c in range(len(CLASS_NAMES)):
-        inter = sum(int(np.logical_and(t == c, p == c).sum()) for t, p in zip(truths, preds, strict=False))
-        union = sum(int(np.logical_or(t == c, p == c).sum()) for t, p in zip(truths, preds, strict=False))
+        pairs = list(zip(truths, preds, strict=True))
+        inter = sum(int(np.logical_and(t == c, p == c).sum()) for t, p in pairs)
+        union = sum(int((np.logical_or(t == c, p == c) & (t != UNSCORED)).sum()) for t, p in pairs)
         per_class.append(inter / union if union else None)
     present = [v for v in per_class if v is not None]
     return sum(present) / len(present), per_class

@@ -1,22 +1,20 @@
 """``roadseg eval``: score a model against Cityscapes ground truth on the 8 categories.
 
 Frames are decoded by a small thread pool a few frames ahead of the model, run
-through :class:`~models.backends.TorchBackend` in batches, scored at the full
-label resolution and summed into ONE 8x8 confusion matrix; every metric comes
-from that matrix (see :mod:`models.evaluation.metrics`). Only a few frames are in memory at
-a time, plus the downscaled frames kept for the report panels.
+through the chosen inference backend (``--backend``: the engine that will be deployed,
+made by :func:`models.backends.registry.create_backend` exactly as ``roadseg run`` makes
+it) in batches, scored at the full label resolution and summed into ONE 8x8 confusion
+matrix; every metric comes from that matrix (see :mod:`models.evaluation.metrics`). Only a
+few frames are in memory at a time, plus the downscaled frames kept for the report panels.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import re
-import sys
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from models.classes import NUM_CLASSES
+from models.classes import IGNORE, NUM_CLASSES
 from models.cli_args import size_arg
 from models.datasets.cityscapes import (
     CITYSCAPES_IMAGE_SUFFIX,
@@ -36,12 +34,13 @@ from models.datasets.cityscapes import (
 )
 from models.errors import DatasetError, UnreadableImage
 from models.evaluation import metrics
+from models.evaluation.progress import progress as progress_reporter
 from models.evaluation.result import TIMING_KEYS, EvalResult, PanelSample, finite_or_none
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from models.backends import TorchBackend
+    from models.backends.base import InferenceBackend
     from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
@@ -94,17 +93,21 @@ def check_input_size(size: tuple[int, int], card: ModelCard) -> None:
 def _make_backend(
     model_spec: str,
     loaded: tuple[nn.Module, ModelCard] | None,
+    backend: str,
     size: tuple[int, int] | None,
     device: str,
     precision: str,
-) -> TorchBackend:
-    from models.backends import TorchBackend
+) -> tuple[InferenceBackend, ModelCard]:
+    """The backend ``roadseg run --backend`` would run, made the same way (any name in
+    :data:`models.backends.registry.BACKENDS`), and the model card."""
+    from models.backends.registry import create_backend
     from models.store.registry import load_model
 
     model, card = loaded if loaded is not None else load_model(model_spec)
     if size is not None:
         check_input_size(size, card)
-    return TorchBackend(model, card, device=device, precision=precision, input_size=size)
+    engine = create_backend(backend, model, card, device=device, precision=precision, input_size=size)
+    return engine, card
 
 
 def _decode(index: int, image_path: Path, truth_path: Path) -> _Decoded:
@@ -137,24 +140,6 @@ def _sample(item: _Decoded, prediction: np.ndarray, frame_cm: np.ndarray) -> Pan
     )
 
 
-@contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
-    bar: Any = None
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:  # progress is a nicety, not a reason to fail
-            tqdm = None
-        if tqdm is not None:
-            # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
-            bar = tqdm(total=total, desc="eval", unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def evaluate(
     model_spec: str,
     root: Path,
@@ -162,6 +147,7 @@ def evaluate(
     split: str = "val",
     city: str | None = None,
     size: tuple[int, int] | None = None,
+    backend: str = "torch",
     device: str = "auto",
     precision: str = "auto",
     batch: int = 1,
@@ -174,9 +160,11 @@ def evaluate(
     """Score ``model_spec`` (or an already ``loaded`` (model, card), e.g. during training, in
     which case ``model_spec`` is only a label) on a Cityscapes split.
 
-    ``size`` is the model input (width, height), default the card's; masks are always
-    scored at the label resolution. ``panels`` frames, spread over the split, are kept
-    downscaled for :func:`models.evaluation.report.write_report`.
+    ``backend`` names the inference engine (``torch``, ``onnxruntime``, ...), which runs at
+    ``device`` and ``precision`` as it would in ``roadseg run``. ``size`` is the model input
+    (width, height), default the card's; masks are always scored at the label resolution.
+    ``progress``: a bar on a terminal, else a line every few seconds on stderr. ``panels``
+    frames, spread over the split, are kept downscaled for :func:`models.evaluation.report.write_report`.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -184,15 +172,16 @@ def evaluate(
         raise ValueError(f"limit must be at least 1, got {limit}")
     root = Path(root)
     frames = list_frames(root, split, city, limit)
-    backend = _make_backend(model_spec, loaded, size, device, precision)
-    height, width = backend.input_hw
-    log.info("eval %s on %s (%s), input %dx%d, %d frames of %s/%s%s, batch %d", backend.model_id,
-             backend.device, backend.precision, width, height, len(frames), root, split,
+    engine, card = _make_backend(model_spec, loaded, backend, size, device, precision)
+    width, height = size or card.input.size
+    log.info("eval %s with %s on %s (%s), input %dx%d, %d frames of %s/%s%s, batch %d", card.model_id,
+             engine.name, engine.device, engine.precision, width, height, len(frames), root, split,
              f"/{city}" if city else "", batch)
-    backend.warmup((batch,))
+    engine.warmup((batch,))
 
     keep = _spread(len(frames), panels)
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    ignored = 0
     totals_ns = dict.fromkeys(TIMING_KEYS, 0)
     per_frame: list[dict[str, Any]] = []
     invalid: list[str] = []
@@ -211,7 +200,7 @@ def evaluate(
             pending.append(pool.submit(_decode, index, image_path, truth_path))
 
     try:
-        with _progress_bar(len(frames), progress) as bar:
+        with progress_reporter(len(frames), progress) as bar:
             start = time.monotonic_ns()
             top_up()
             while pending:
@@ -224,13 +213,14 @@ def evaluate(
                         raise DatasetError(f"eval cannot read {exc}") from exc
                     totals_ns["decode_wait"] += time.monotonic_ns() - wait_start
                     top_up()
-                out = backend.infer([item.image for item in chunk])
+                out = engine.infer([item.image for item in chunk])
                 for key in ("preprocess", "inference", "postprocess"):
                     totals_ns[key] += round(getattr(out.timings, f"{key}_ms") * 1e6)
                 score_start = time.monotonic_ns()
                 for item, mask, valid in zip(chunk, out.masks, out.valid, strict=True):
                     frame_cm = metrics.confusion_matrix(item.truth, mask)
                     cm += frame_cm
+                    ignored += int(np.count_nonzero(item.truth == IGNORE))
                     per_frame.append({"name": item.name, "mean_iou": finite_or_none(metrics.mean_iou(frame_cm)),
                                       "pixel_accuracy": finite_or_none(metrics.pixel_accuracy(frame_cm))})
                     if not valid:
@@ -248,17 +238,19 @@ def evaluate(
     count = len(frames)
     return EvalResult(
         model_spec=model_spec,
-        model_id=backend.model_id,
-        card_input_size=(int(backend.card.input.size[0]), int(backend.card.input.size[1])),
-        input_size=(width, height),
-        device=backend.device,
-        precision=backend.precision,
+        model_id=card.model_id,
+        backend=engine.name,
+        card_input_size=(int(card.input.size[0]), int(card.input.size[1])),
+        input_size=(int(width), int(height)),
+        device=engine.device,
+        precision=engine.precision,
         root=str(root),
         split=split,
         city=city,
         frames=count,
         batch=batch,
         confusion=cm,
+        ignored_pixels=ignored,
         elapsed_s=elapsed_s,
         timing_ms={k: v / 1e6 / count for k, v in totals_ns.items()},
         per_frame=per_frame,
@@ -278,7 +270,6 @@ def default_out_dir(model_spec: str, split: str, now: datetime | None = None) ->
 # --- command line -------------------------------------------------------------------------------
 
 
-
 def _count_arg(minimum: int) -> Any:
     def parse(text: str) -> int:
         try:
@@ -293,18 +284,27 @@ def _count_arg(minimum: int) -> Any:
 
 
 def add_subcommand(subparsers: Any) -> None:
+    from models.backends.registry import BACKENDS
+
     p = subparsers.add_parser(
         "eval", help="score a model on Cityscapes ground truth (IoU, Dice, confusion)",
-        description="Score a model on a Cityscapes split: per-category IoU and Dice, mean IoU (void as a "
-                    "class), Cityscapes category IoU (void ignored), pixel accuracy, confusion matrix, speed.")
+        description="Score a model, as the chosen backend runs it, on a Cityscapes split: per-category IoU "
+                    "(void included and void ignored) and Dice, mean IoU (void as a class), Cityscapes category "
+                    "IoU (void ignored), pixel accuracy, confusion matrix, speed. Zoo models get the metrics "
+                    "recorded in their cached model card ('roadseg models info NAME').")
     p.add_argument("--model", required=True, help="built-in name, checkpoint path or smp:ARCH:ENC")
     p.add_argument("--cityscapes", required=True, type=Path, metavar="ROOT",
                    help="dataset root holding leftImg8bit/ and gtFine/")
     p.add_argument("--split", default="val", help="split folder (default val)")
     p.add_argument("--city", help="only this city")
     p.add_argument("--size", type=size_arg, metavar="WxH", help="model input size (default: the model's own)")
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS),
+                   help="inference engine to score, as 'roadseg run --backend' runs it (default torch)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--save-metrics", action=argparse.BooleanOptionalAction, default=None,
+                   help="record the metrics in the model card: by default only for zoo models on a full "
+                        "split; --save-metrics also for built-in models and checkpoint paths")
     p.add_argument("--batch", type=_count_arg(1), default=1, metavar="N", help="frames per inference batch")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="report folder (default runs/eval-<model>-<split>-<timestamp>)")
@@ -316,17 +316,24 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from models.evaluation.record import record_metrics, record_target
     from models.evaluation.report import format_table, write_report
 
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a folder")
+    target = record_target(args.model, args.save_metrics, args.limit)
+    before = target.stat() if target is not None else None  # the weights about to be measured
     result = evaluate(args.model, args.cityscapes, split=args.split, city=args.city, size=args.size,
-                      device=args.device, precision=args.precision, batch=args.batch, limit=args.limit,
-                      progress=True, panels=args.panels)
+                      backend=args.backend, device=args.device, precision=args.precision, batch=args.batch,
+                      limit=args.limit, progress=True, panels=args.panels)
     out_dir = args.out or default_out_dir(args.model, args.split)
     try:
         write_report(result, out_dir, panels=args.panels)
     except OSError as exc:
         raise ValueError(f"cannot write the report to {out_dir}: {exc}") from exc
     print(format_table(result, out_dir), flush=True)
+    if target is not None:
+        key = record_metrics(target, result, unchanged_since=before)
+        if key is not None:
+            print(f"recorded in the model card of {target} as metrics.eval[{key!r}]", flush=True)
     return 0

@@ -15,7 +15,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from models.classes import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize
+from models.classes import CLASS_NAMES, IGNORED_IN_EVAL, NUM_CLASSES, PALETTE, colorize
+from models.evaluation.metrics import (
+    CATEGORY_IOU_LABEL,
+    MEAN_IOU_LABEL,
+    VOID_IGNORED_LABEL,
+    VOID_INCLUDED_LABEL,
+    percent,
+)
 from models.evaluation.result import EvalResult, PanelSample, finite_or_none
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,10 @@ TILE_LABEL_H = 22
 LEGEND_ROW_H = 24
 LEGEND_ITEM_W = 130
 TILE_NAMES = ("image", "truth", "prediction")
+
+# format_table column widths (characters)
+IOU_COLUMN = 21
+NUMBER_COLUMN = 9
 
 
 def confusion_shape() -> tuple[int, int]:
@@ -112,8 +123,9 @@ def draw_confusion(result: EvalResult) -> np.ndarray:
     share = rows / max(int(rows.sum()), 1)
     _text(img, f"{result.model_id} on {result.split}: {_frames(result.frames)}, input "
                f"{result.input_size[0]}x{result.input_size[1]}", (MARGIN, 24), 0.55, thickness=1)
-    _text(img, f"% of each truth row   mIoU {_pct(result.mean_iou)}   category IoU {_pct(result.category_iou)}"
-               f"   pixel acc {_pct(result.pixel_accuracy)}", (MARGIN, 48), 0.5, GREY)
+    _text(img, f"% of each truth row   mIoU (void included) {percent(result.mean_iou)}   category IoU "
+               f"(void ignored) {percent(result.category_iou)}   pixel acc {percent(result.pixel_accuracy)}",
+          (MARGIN, 48), 0.45, GREY)
     x0 = MARGIN + ROW_LABEL_W
     y0 = TITLE_H + COL_LABEL_H
     _text(img, "truth \\ predicted", (MARGIN, y0 - 10), 0.5, GREY)
@@ -201,6 +213,7 @@ def metrics_dict(result: EvalResult) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "model_spec": result.model_spec,
         "model_id": result.model_id,
+        "backend": result.backend,
         "card_input_size": list(result.card_input_size),
         "input_size": list(result.input_size),
         "device": result.device,
@@ -211,12 +224,14 @@ def metrics_dict(result: EvalResult) -> dict[str, Any]:
         "frames": result.frames,
         "batch": result.batch,
         "classes": list(CLASS_NAMES),
-        "per_class_iou": _by_class(result.per_class_iou),
+        "per_class_iou": _by_class(result.per_class_iou),  # void included; mean_iou averages these
+        "per_class_iou_void_ignored": _by_class(result.per_class_iou_void_ignored),  # category_iou averages these
         "dice": _by_class(result.dice),
         "mean_iou": finite_or_none(result.mean_iou),
         "category_iou": finite_or_none(result.category_iou),
         "pixel_accuracy": finite_or_none(result.pixel_accuracy),
         "confusion": cm.astype(np.int64).tolist(),
+        "ignored_pixels": result.ignored_pixels,
         "confusion_normalized": [[round(float(v), 6) for v in row] for row in result.confusion_normalized],
         "truth_pixel_share": _by_class(cm.sum(axis=1) / max(int(cm.sum()), 1)),
         "images_per_s": finite_or_none(result.images_per_s),
@@ -248,6 +263,20 @@ def write_report(result: EvalResult, out_dir: Path, *, panels: int = 3) -> Path:
     return out_dir
 
 
+def summary_lines(result: EvalResult) -> list[str]:
+    """The averaged metrics, each saying which column of the table it averages."""
+    total = int(result.confusion.sum()) + result.ignored_pixels
+    ignored = result.ignored_pixels / total if total else float("nan")
+    width = len(CATEGORY_IOU_LABEL) + 2
+    return [
+        f"{MEAN_IOU_LABEL:<{width}}{percent(result.mean_iou):>7}   (mean of '{VOID_INCLUDED_LABEL}')",
+        f"{CATEGORY_IOU_LABEL:<{width}}{percent(result.category_iou):>7}   (mean of '{VOID_IGNORED_LABEL}')",
+        f"{'pixel accuracy':<{width}}{percent(result.pixel_accuracy):>7}",
+        f"not scored: {percent(ignored)} % of pixels, Cityscapes labels ignored in evaluation "
+        f"({', '.join(IGNORED_IN_EVAL.values())})",
+    ]
+
+
 def format_table(result: EvalResult, out_dir: Path | None = None) -> str:
     """The human summary ``roadseg eval`` prints on stdout."""
     where = f"{result.split}/{result.city}" if result.city else result.split
@@ -255,20 +284,19 @@ def format_table(result: EvalResult, out_dir: Path | None = None) -> str:
     share = result.confusion.sum(axis=1) / max(int(result.confusion.sum()), 1)
     lines = [
         f"roadseg eval: {result.model_id} on {result.root} {where}, {_frames(result.frames)}, "
-        f"input {width}x{height}, {result.device} {result.precision}, batch {result.batch}",
+        f"input {width}x{height}, {result.backend} {result.device} {result.precision}, batch {result.batch}",
         "",
-        f"{'category':<14}{'IoU %':>8}{'Dice %':>8}{'truth px %':>12}",
+        f"{'category':<14}{VOID_INCLUDED_LABEL:>{IOU_COLUMN}}{VOID_IGNORED_LABEL:>{IOU_COLUMN}}"
+        f"{'Dice %':>{NUMBER_COLUMN}}{'truth px %':>{NUMBER_COLUMN + 3}}",
     ]
     for cls, name in enumerate(CLASS_NAMES):
-        lines.append(f"{name:<14}{_pct(result.per_class_iou[cls]):>8}{_pct(result.dice[cls]):>8}"
-                     f"{100 * share[cls]:>12.1f}")
+        lines.append(f"{name:<14}{percent(result.per_class_iou[cls]):>{IOU_COLUMN}}"
+                     f"{percent(result.per_class_iou_void_ignored[cls]):>{IOU_COLUMN}}"
+                     f"{percent(result.dice[cls]):>{NUMBER_COLUMN}}{percent(share[cls]):>{NUMBER_COLUMN + 3}}")
+    lines += ["", *summary_lines(result)]
     t = result.timing_ms
     model_ms = t["preprocess"] + t["inference"] + t["postprocess"]
     lines += [
-        "",
-        f"mean IoU (8 classes, void included)       {_pct(result.mean_iou):>6}",
-        f"category IoU (7 categories, void ignored) {_pct(result.category_iou):>6}",
-        f"pixel accuracy                            {_pct(result.pixel_accuracy):>6}",
         f"speed: {result.images_per_s:.2f} images/s, {result.ms_per_image:.1f} ms/image "
         f"(model {model_ms:.1f}, scoring {t['scoring']:.1f}, waiting for decode {t['decode_wait']:.1f} ms/image)",
     ]

@@ -36,6 +36,7 @@ class EvalResult:
 
     model_spec: str
     model_id: str
+    backend: str  # the inference engine that produced the masks (torch, onnxruntime, ...)
     card_input_size: tuple[int, int]  # (width, height) the model card declares
     input_size: tuple[int, int]  # (width, height) the model actually ran at
     device: str
@@ -46,16 +47,18 @@ class EvalResult:
     frames: int
     batch: int
     confusion: np.ndarray  # int64 [truth, prediction] pixel counts, summed over all frames
+    ignored_pixels: int  # truth IGNORE (Cityscapes ignoreInEval labels of a category): in no metric
     elapsed_s: float  # first decode to last score (model load and warm-up excluded)
     timing_ms: dict[str, float]  # mean ms per image for each of TIMING_KEYS
     per_frame: list[dict[str, Any]] = field(default_factory=list)  # name, mean_iou, pixel_accuracy
     invalid_frames: list[str] = field(default_factory=list)  # frames whose logits were not finite
     samples: list[PanelSample] = field(default_factory=list)
     # Derived in __post_init__:
-    per_class_iou: np.ndarray = field(init=False)
+    per_class_iou: np.ndarray = field(init=False)  # void included (void truth is a class)
+    per_class_iou_void_ignored: np.ndarray = field(init=False)  # official Cityscapes per category; void NaN
     dice: np.ndarray = field(init=False)
-    mean_iou: float = field(init=False)  # 8 classes, void counted as a class
-    category_iou: float = field(init=False)  # official Cityscapes category IoU: void truth ignored
+    mean_iou: float = field(init=False)  # mean of per_class_iou: 8 classes, void counted as a class
+    category_iou: float = field(init=False)  # mean of per_class_iou_void_ignored: the official category IoU
     pixel_accuracy: float = field(init=False)
     confusion_normalized: np.ndarray = field(init=False)  # rows sum to 1 (0 for absent truth classes)
     images_per_s: float = field(init=False)
@@ -64,6 +67,7 @@ class EvalResult:
     def __post_init__(self) -> None:
         cm = self.confusion
         self.per_class_iou = metrics.per_class_iou(cm)
+        self.per_class_iou_void_ignored = metrics.per_class_iou_void_ignored(cm)
         self.dice = metrics.dice(cm)
         self.mean_iou = metrics.mean_iou(cm)
         self.category_iou = metrics.category_iou(cm)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.networks.arguments import MAX_CLASSES, Arg
 from models.networks.category_head import CategoryFold
 
 CITYSCAPES_TRAIN_CLASSES = 19
@@ -180,6 +181,14 @@ class DABNet(nn.Module):
         down_2 = self.downsample_2(y)
         y = self.bn_prelu_3(torch.cat([self.DAB_Block_2(down_2), down_2, eighth], dim=1))
         return self.classifier(y)
+
+
+# What a model card may pass to build_dabnet (see models.networks.arguments). A roadseg model
+# outputs the 8 categories, so the fold is mandatory and needs all 19 trainId logits.
+ARGUMENTS = {
+    "num_classes": Arg(("int",), low=CITYSCAPES_TRAIN_CLASSES, high=MAX_CLASSES),
+    "fold_to_categories": Arg(("bool",), choices=(True,)),
+}
 
 
 def build_dabnet(num_classes: int = CITYSCAPES_TRAIN_CLASSES, fold_to_categories: bool = True) -> nn.Module:

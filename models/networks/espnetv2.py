@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.networks.arguments import MAX_CLASSES, Arg
 from models.networks.category_head import CategoryFold
 from models.networks.espnetv2_parts import EESP, ConvBnAct, EfficientPyramidPool, GatedSkip, StridedEESP, halve_image
 
@@ -120,6 +121,15 @@ class ESPNetv2Segmentation(nn.Module):
 def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     # Trained with align_corners=True; False costs accuracy at every 2x step.
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+# What a model card may pass to build_espnetv2 (see models.networks.arguments). A roadseg model
+# outputs the 8 categories, so the fold is mandatory and needs the 19 trainId logits.
+ARGUMENTS = {
+    "scale": Arg(("float",), choices=tuple(ENCODER_CHANNELS)),
+    "num_classes": Arg(("int",), low=TRAIN_ID_CLASSES, high=MAX_CLASSES),
+    "fold_to_categories": Arg(("bool",), choices=(True,)),
+}
 
 
 def build_espnetv2(

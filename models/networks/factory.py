@@ -6,15 +6,19 @@ every model this project can load is built here and nowhere else.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import segmentation_models_pytorch as smp
 from torch import nn
 
 from models.classes import NUM_CLASSES
-from models.networks.dabnet import build_dabnet
-from models.networks.espnetv2 import build_espnetv2
+from models.networks import dabnet, espnetv2
+from models.networks.arguments import MAX_CHANNELS, MAX_CLASSES, Arg, ModelConfigError, check_arguments
+
+__all__ = ["FAMILIES", "SMP_ARCHITECTURES", "ModelConfigError", "build_model", "build_smp", "check_model_arguments"]
 
 # smp architectures by the lower-case name users type.
 SMP_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -26,9 +30,46 @@ SMP_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     if hasattr(smp, name)
 }
 
-
-class ModelConfigError(ValueError):
-    """An unknown architecture, encoder or argument; the message lists valid choices."""
+MAX_ENCODER_DEPTH = 5  # smp encoders have at most 5 stages
+MAX_UPSAMPLING = 32  # the largest output stride of any encoder
+MAX_DILATION = 64  # ASPP atrous rates (DeepLab uses 6..36)
+_CHANNELS = Arg(("int",), low=1, high=MAX_CHANNELS)
+_CHANNEL_LIST = Arg(("int", "int_list"), low=1, high=MAX_CHANNELS)  # int for DeepLab/PAN, a list for U-Net
+_DROPOUT = Arg(("float",), low=0.0, high=1.0)
+_NORMS = (True, False, "batchnorm", "identity", "layernorm", "instancenorm", "inplace")
+_INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+# Keyword arguments of the smp constructors a card may set. An architecture takes those its
+# constructor names; encoder_weights, in_channels, classes, activation and aux_params are
+# roadseg's to decide (weights come from the checkpoint, input is RGB, output the categories).
+SMP_ARGUMENTS: dict[str, Arg] = {
+    "encoder_depth": Arg(("int",), low=1, high=MAX_ENCODER_DEPTH),
+    "encoder_output_stride": Arg(("int",), choices=(8, 16)),
+    "encoder_output_indices": Arg(("int_list", "none"), low=0, high=MAX_ENCODER_DEPTH),
+    "decoder_channels": _CHANNEL_LIST,
+    "decoder_use_norm": Arg(("bool", "str"), choices=_NORMS),
+    "decoder_attention_type": Arg(("str", "none"), choices=("scse", None)),
+    "decoder_interpolation": Arg(("str",), choices=_INTERPOLATIONS),
+    "decoder_pab_channels": _CHANNELS,
+    "decoder_pyramid_channels": _CHANNELS,
+    "decoder_segmentation_channels": _CHANNELS,
+    "decoder_merge_policy": Arg(("str",), choices=("add", "cat")),
+    "decoder_dropout": _DROPOUT,
+    "decoder_atrous_rates": Arg(("int_list",), low=1, high=MAX_DILATION),
+    "decoder_aspp_separable": Arg(("bool",)),
+    "decoder_aspp_dropout": _DROPOUT,
+    "decoder_readout": Arg(("str",), choices=("ignore", "add", "cat")),
+    "decoder_intermediate_channels": Arg(("int_list",), low=1, high=MAX_CHANNELS),
+    "decoder_fusion_channels": _CHANNELS,
+    "psp_out_channels": _CHANNELS,
+    "psp_use_batchnorm": Arg(("bool", "str"), choices=_NORMS),
+    "psp_dropout": _DROPOUT,
+    "upsampling": Arg(("int", "none"), low=1, high=MAX_UPSAMPLING),
+}
+_SMP_COMMON = {
+    "arch": Arg(("str",), required=True),  # checked (case-insensitively) by smp_schema
+    "encoder": Arg(("str",), required=True),  # checked against smp/timm names by _check_encoder
+    "num_classes": Arg(("int",), low=1, high=MAX_CLASSES),
+}
 
 
 def _check_encoder(encoder: str) -> None:
@@ -59,11 +100,44 @@ def build_smp(arch: str, encoder: str, num_classes: int = NUM_CLASSES, **kwargs:
         raise ModelConfigError(f"smp {arch}/{encoder} with {kwargs}: {exc}") from exc
 
 
-# family -> builder(**arguments). New families (our own real-time nets) register here.
-FAMILIES: dict[str, Callable[..., nn.Module]] = {"smp": build_smp, "dabnet": build_dabnet, "espnetv2": build_espnetv2}
+def smp_schema(arguments: Mapping[str, Any]) -> dict[str, Arg]:
+    """The keys an smp card may hold: the common ones plus what its architecture's constructor names."""
+    arch = arguments.get("arch")
+    if not isinstance(arch, str):
+        return dict(_SMP_COMMON)  # check_arguments reports the missing or malformed arch
+    constructor = SMP_ARCHITECTURES.get(arch.lower())
+    if constructor is None:
+        raise ModelConfigError(f"unknown smp architecture {arch!r}; valid: {', '.join(SMP_ARCHITECTURES)}")
+    names = inspect.signature(constructor).parameters
+    return {**_SMP_COMMON, **{key: arg for key, arg in SMP_ARGUMENTS.items() if key in names}}
+
+
+@dataclass(frozen=True)
+class Family:
+    build: Callable[..., nn.Module]
+    schema: Callable[[Mapping[str, Any]], Mapping[str, Arg]]  # the arguments -> the keys they may hold
+
+
+# family -> builder(**arguments) and its argument schema. New families (our own real-time nets) register here.
+FAMILIES: dict[str, Family] = {
+    "smp": Family(build_smp, smp_schema),
+    "dabnet": Family(dabnet.build_dabnet, lambda _: dabnet.ARGUMENTS),
+    "espnetv2": Family(espnetv2.build_espnetv2, lambda _: espnetv2.ARGUMENTS),
+}
+
+
+def check_model_arguments(family: Any, arguments: Any) -> None:
+    """ModelConfigError naming the family or the first argument key the family does not accept."""
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ModelConfigError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
+    if not isinstance(arguments, Mapping):
+        raise ModelConfigError(f"{family} arguments must be a JSON object, got {type(arguments).__name__}")
+    check_arguments(f"{family} argument", arguments, FAMILIES[family].schema(arguments))
+    if family == "smp":
+        _check_encoder(arguments["encoder"])
 
 
 def build_model(family: str, arguments: Mapping[str, Any]) -> nn.Module:
-    if family not in FAMILIES:
-        raise ModelConfigError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
-    return FAMILIES[family](**arguments)
+    """Check ``arguments`` against the family's schema, then build: nothing unchecked reaches a constructor."""
+    check_model_arguments(family, arguments)
+    return FAMILIES[family].build(**arguments)

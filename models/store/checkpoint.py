@@ -7,7 +7,10 @@ importer (see issue "Real pretrained Cityscapes models") into this format.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,31 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from models.atomic import atomic_path
 from models.classes import CLASS_NAMES
 from models.errors import CheckpointError
-from models.networks.factory import ModelConfigError, build_model
+from models.networks.arguments import Arg, check_arguments
+from models.networks.factory import ModelConfigError, build_model, check_model_arguments
 
 FORMAT_NAME = "roadseg.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "roadseg"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_INPUT_SIDE = 16384  # a native size beyond this is a corrupt card, not a camera (8K is 7680)
+MAX_DIVISOR = 256  # the total stride of a segmentation net: 8..64 in practice
+MAX_PIXEL_SCALE = 1000.0  # pixel scale: 1/255 or 1 in practice
+MAX_NORM_VALUE = 1000.0  # |mean| and std bounds: ImageNet stats, in 0..1 or 0..255 units
+MIN_STD = 1e-6  # std divides the input: zero would make every pixel inf
+# The card's "input" object, checked before an InputSpec (and so any size arithmetic) exists.
+INPUT_SCHEMA = {
+    "channel_order": Arg(("str",), choices=("RGB", "BGR"), required=True),
+    "scale": Arg(("float",), low=1e-9, high=MAX_PIXEL_SCALE, required=True),
+    "mean": Arg(("float_list",), low=-MAX_NORM_VALUE, high=MAX_NORM_VALUE, length=3, required=True),
+    "std": Arg(("float_list",), low=MIN_STD, high=MAX_NORM_VALUE, length=3, required=True),
+    "size": Arg(("int_list",), low=1, high=MAX_INPUT_SIDE, length=2, required=True),
+    "divisor": Arg(("int",), low=1, high=MAX_DIVISOR, required=True),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,8 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if not (isinstance(self.divisor, int) and 1 <= self.divisor <= MAX_DIVISOR):
+            raise ValueError(f"input divisor must be an integer in 1..{MAX_DIVISOR}, got {self.divisor!r}")
         problem = self.size_problem(*self.size)
         if problem:
             raise ValueError(f"native {problem}")
@@ -79,8 +100,12 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str, path: Path) -> ModelCard:
+        """Parse and check a card: every field a network or backend will use is validated here,
+        so a hostile or corrupt card fails with its key named before anything is built."""
         try:
             body = json.loads(text)
+            if not isinstance(body, dict):
+                raise CheckpointError(f"checkpoint {path}: model card is not a JSON object")
             if body.get("format") != FORMAT_NAME:
                 raise CheckpointError(f"{path}: metadata format is {body.get('format')!r}, not {FORMAT_NAME}")
             if body.get("format_version") != FORMAT_VERSION:
@@ -89,12 +114,14 @@ class ModelCard:
                     f"this roadseg reads version {FORMAT_VERSION}"
                 )
             spec = body["input"]
+            check_arguments("input field", spec, INPUT_SCHEMA)
+            check_model_arguments(body["family"], body["arguments"])
             input_spec = InputSpec(
                 channel_order=spec["channel_order"],
                 scale=float(spec["scale"]),
-                mean=tuple(spec["mean"]),
-                std=tuple(spec["std"]),
-                size=tuple(spec["size"]),
+                mean=_triple(spec["mean"]),
+                std=_triple(spec["std"]),
+                size=(int(spec["size"][0]), int(spec["size"][1])),
                 divisor=int(spec["divisor"]),
             )
             return cls(
@@ -108,8 +135,14 @@ class ModelCard:
             )
         except CheckpointError:
             raise
+        except ModelConfigError as exc:
+            raise CheckpointError(f"checkpoint {path}: model card: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: malformed model card ({type(exc).__name__}: {exc})") from exc
+
+
+def _triple(values: list[float]) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 def save_checkpoint(path: Path, model: nn.Module, card: ModelCard, *, half: bool = False) -> None:
@@ -174,3 +207,48 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
             )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
     return model.eval(), card
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock for replacing ``path``: writers that read, change and replace a
+    checkpoint must not interleave. It locks the folder, not the file: a rename swaps the file's
+    inode, so a lock on the old one would not exclude a writer of the new one (and no lock file
+    is left behind)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; os.replace still keeps every file whole
+        yield
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_card(
+    path: Path, change: Callable[[ModelCard], ModelCard], *, unchanged_since: os.stat_result | None = None
+) -> bool:
+    """Replace the model card of checkpoint ``path`` with ``change(card)``, weights byte-identical.
+
+    Atomic: the new file is written beside ``path`` and renamed over it, under
+    :func:`checkpoint_lock`, so a reader sees the old or the new file, never half of one.
+    With ``unchanged_since`` (a ``stat`` taken before the weights were used), nothing is
+    written and False returned when the file has been replaced since (e.g. a re-import):
+    metrics measured on the old weights must not land on the new ones."""
+    with checkpoint_lock(path):
+        if unchanged_since is not None and not _same_file(path.stat(), unchanged_since):
+            return False
+        card, tensors = _open(path)
+        mode = path.stat().st_mode & 0o777  # the temp file is 0600: keep the file as readable as it was
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata={METADATA_KEY: change(card).to_json()})
+            read_card(temporary)  # the new card must pass the same checks as any other
+            os.chmod(temporary, mode)
+    return True
+
+
+def _same_file(now: os.stat_result, before: os.stat_result) -> bool:
+    return (now.st_ino, now.st_size, now.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)

@@ -233,7 +233,7 @@ def _resolve_importer(item: ZooEntry) -> Callable[[Path, Path], ModelCard]:
 
 def _import(item: ZooEntry, source: Path, cache: Path) -> Path:
     """Run the importer into a private temp dir, check the result loads, rename into place."""
-    from models.store.checkpoint import load_checkpoint
+    from models.store.checkpoint import checkpoint_lock, load_checkpoint
 
     importer = _resolve_importer(item)
     final = checkpoint_path(item.name, cache=cache)
@@ -250,7 +250,8 @@ def _import(item: ZooEntry, source: Path, cache: Path) -> Path:
                 f"importing {item.name} from {source} failed ({item.importer}): {type(exc).__name__}: {exc}"
             ) from exc
         load_checkpoint(staged)  # the cached file must load exactly as `--model NAME` will load it
-        os.replace(staged, final)
+        with checkpoint_lock(final):  # not in the middle of `roadseg eval` recording metrics in the old card
+            os.replace(staged, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final

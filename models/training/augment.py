@@ -8,7 +8,9 @@ reproduces one sample exactly, in any worker process.
 Padding: where a scaled frame is smaller than the crop, the image is padded with the
 ImageNet mean grey (normalises to ~0) and the label with :data:`IGNORE_INDEX`, which the
 losses skip. Padding is not scenery, so it must not teach the model "void": real void
-pixels (ego car, unlabelled) stay class 0 and are trained like any other class.
+pixels (ego car, unlabelled) stay class 0 and are trained like any other class. The same
+value marks the Cityscapes labels ignored in evaluation (:data:`models.classes.IGNORE`),
+so those pixels are skipped by the losses exactly as by the metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-IGNORE_INDEX = 255  # label value the losses skip (crop padding)
+from models.classes import IGNORE
+
+IGNORE_INDEX = IGNORE  # label value the losses skip: crop padding and Cityscapes ignoreInEval labels
 PAD_RGB = (124, 116, 104)  # ImageNet mean in uint8: padded pixels normalise to ~0
 FOG_GREY = (170.0, 225.0)  # haze brightness range (grey levels)
 FOG_FALLOFF = 1.5  # haze thins faster than linearly towards the bottom (near the car)

@@ -2,8 +2,9 @@
 
     total = CE + dice_weight * Dice + kd_weight * KD
 
-All terms skip pixels labelled :data:`~models.training.augment.IGNORE_INDEX` (crop padding)
-and are computed in fp32 even under autocast: softmax/log of fp16 logits loses precision.
+All terms skip pixels labelled :data:`~models.training.augment.IGNORE_INDEX` (crop padding, and
+the Cityscapes labels the benchmark ignores: :data:`models.classes.IGNORED_IN_EVAL`) and are
+computed in fp32 even under autocast: softmax/log of fp16 logits loses precision.
 
 Models that cannot predict void (19-class nets folded to categories by
 :class:`~models.networks.category_head.CategoryFold`: void is a constant -1e4 logit) train with
