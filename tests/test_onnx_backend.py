@@ -274,3 +274,15 @@ def test_export_tensorrt_hands_the_model_graph_to_build_engine(demo, tmp_path, m
     assert trt_build.read_onnx_input(onnx_path).height == DEMO_SIZE[1]
     assert kwargs == {"precision": "int8", "max_batch": 4, "int8_calibration_source": "drive.mp4",
                       "cache_dir": tmp_path.resolve(), "fingerprint": model_fingerprint(model, card, DEMO_SIZE)}
+
+
+def test_recorded_metrics_do_not_change_the_export_fingerprint():
+    from dataclasses import replace
+
+    from models.backends.registry import model_fingerprint
+
+    model, card = load_model("demo")
+    scored = replace(card, metrics={**card.metrics, "eval": {"cityscapes:val": {"category_iou": 0.9}}})
+    assert model_fingerprint(model, scored, (512, 256)) == model_fingerprint(model, card, (512, 256))
+    other_size = model_fingerprint(model, card, (256, 128))
+    assert other_size != model_fingerprint(model, card, (512, 256))

@@ -21,6 +21,10 @@ backend (a few seconds), never on a frame. ``options``:
 * ``cache_dir``: where to look for / put the export (default: :func:`models.store.zoo.cache_dir`);
 * ``threads``: intra-op threads on the CPU (default: the cores this process may use).
 
+The OpenVINO backend (:mod:`models.backends.openvino_backend`) runs the same file from the
+same cache: finding or exporting it (:func:`open_frames_graph`) and running a mixed-size batch
+(:func:`infer_by_size`) are this module's functions, shared.
+
 Precisions: CPU ``fp32`` only. ONNX Runtime's CPU provider has no bf16
 convolution kernels on x86 (bf16 fast-math exists only for ARM GEMMs), so
 ``bf16`` is refused rather than emulated; use the torch backend for bf16.
@@ -35,9 +39,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -55,7 +59,10 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
-class _LoadError(BackendError):
+T = TypeVar("T")
+
+
+class GraphLoadError(BackendError):
     """The file itself does not load (as opposed to a provider or contract problem)."""
 
 
@@ -87,7 +94,6 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError(f"onnxruntime is not installed ({exc}): pip install 'roadseg[onnx]'") from exc
-        from models.export import onnx_export as export
 
         options = check_options(self.name, options, OPTIONS)
         self._ort = ort
@@ -96,29 +102,10 @@ class OnnxRuntimeBackend:
         self.model_id = card.model_id
         self.card = card
         self.input_hw = model_input_hw(card, input_size)
-        height, width = self.input_hw
-        fingerprint = model_fingerprint(model, card, (width, height))
-        explicit = options.get("onnx_path")
-        if explicit:
-            self.onnx_path = Path(str(explicit)).expanduser()
-            self._check_explicit(self.onnx_path, fingerprint, (width, height))
-            self._session = self._open(self.onnx_path, options)
-            return
-        cache = Path(str(options["cache_dir"])).expanduser() if options.get("cache_dir") else None
-        self.onnx_path = export.export_path(model, card, (width, height), graph="frames", precision=self.precision,
-                                            cache=cache)
-        if not export.is_current(self.onnx_path, fingerprint):
-            log.info("onnxruntime backend: exporting %s to %s", card.model_id, self.onnx_path)
-            export.export_onnx(model, card, self.onnx_path, input_size=(width, height), graph="frames",
-                               precision=self.precision)
-        try:
-            self._session = self._open(self.onnx_path, options)
-        except _LoadError:
-            # A cached export that no longer loads (written by another roadseg, or damaged): make it again.
-            log.warning("onnxruntime backend: cached %s does not load; exporting again", self.onnx_path)
-            export.export_onnx(model, card, self.onnx_path, input_size=(width, height), graph="frames",
-                               precision=self.precision)
-            self._session = self._open(self.onnx_path, options)
+        self.onnx_path, self._session = open_frames_graph(
+            self.name, model, card, self.input_hw, options, precision=self.precision,
+            load=lambda path: self._open(path, options),
+        )
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -150,32 +137,6 @@ class OnnxRuntimeBackend:
             raise BackendError("precision fp16 is for CUDA; onnxruntime on the CPU runs fp32")
         return precision
 
-    def _check_explicit(self, path: Path, fingerprint: str, size: tuple[int, int]) -> None:
-        from models.export import onnx_export as export
-
-        if not path.is_file():
-            raise BackendError(f"ONNX file {path}: no such file")
-        try:
-            meta = export.read_metadata(path)
-        except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
-            raise BackendError(f"ONNX file {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
-        width, height = size
-        if meta.get("graph") != "frames":
-            raise BackendError(
-                f"ONNX file {path} is not a roadseg frames graph (graph={meta.get('graph')!r}); export one with "
-                f"`roadseg export --model ... --format onnx --graph frames`"
-            )
-        if meta.get("fingerprint") != fingerprint or meta.get("input_size") != f"{width}x{height}":
-            raise BackendError(
-                f"ONNX file {path} was exported from other weights, card or input size "
-                f"({meta.get('model_id')} {meta.get('input_size')}, fingerprint {meta.get('fingerprint')}) "
-                f"than {self.model_id} {width}x{height} (fingerprint {fingerprint})"
-            )
-        if meta.get("precision", "fp32") != self.precision:
-            raise BackendError(
-                f"ONNX file {path} is {meta.get('precision')}; the backend was asked for {self.precision}"
-            )
-
     def _open(self, path: Path, options: dict[str, object]) -> Any:
         ort = self._ort
         session_options = ort.SessionOptions()
@@ -193,15 +154,14 @@ class OnnxRuntimeBackend:
         try:
             session = ort.InferenceSession(str(path), session_options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-            raise _LoadError(f"onnxruntime cannot load {path}: {exc}") from exc
+            raise GraphLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
         if self.device == "cuda" and CUDA_PROVIDER not in session.get_providers():
             raise BackendError(
                 f"onnxruntime could not start {CUDA_PROVIDER} (CUDA/cuDNN libraries missing or mismatched); "
                 "its log above says why"
             )
-        names = {value.name for value in session.get_outputs()}
-        if {value.name for value in session.get_inputs()} != {"images"} or not {"masks", "finite"} <= names:
-            raise BackendError(f"{path}: not a roadseg frames graph (inputs images, outputs masks and finite)")
+        check_frames_io(path, [value.name for value in session.get_inputs()],
+                        [value.name for value in session.get_outputs()])
         log.info("onnxruntime backend: %s on %s (%s)", path.name, self.device, self.precision)
         return session
 
@@ -213,25 +173,112 @@ class OnnxRuntimeBackend:
             self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
 
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
-        masks: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
-        valid = [True] * len(images)
-        preprocess_ms = inference_ms = postprocess_ms = 0.0
-        groups: dict[tuple[int, ...], list[int]] = {}
-        check_images(images)
-        for i, image in enumerate(images):
-            groups.setdefault(image.shape, []).append(i)
-        for indices in groups.values():
-            start = time.monotonic_ns()
-            batch = np.ascontiguousarray(np.stack([images[i] for i in indices]))
-            preprocess_ms += _ms_since(start)
+        return infer_by_size(images, self._run)
 
-            start = time.monotonic_ns()
-            labels, finite = self._session.run(["masks", "finite"], {"images": batch})
-            inference_ms += _ms_since(start)
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels, finite = self._session.run(["masks", "finite"], {"images": batch})
+        return labels, finite
 
-            start = time.monotonic_ns()
-            for j, index in enumerate(indices):
-                masks[index] = labels[j]
-                valid[index] = bool(finite[j])
-            postprocess_ms += _ms_since(start)
-        return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))
+
+# --- shared with the OpenVINO backend -----------------------------------------------------------------------------
+
+
+def open_frames_graph(
+    backend: str,
+    model: nn.Module,
+    card: ModelCard,
+    input_hw: tuple[int, int],
+    options: Mapping[str, object],
+    *,
+    precision: str,
+    load: Callable[[Path], T],
+) -> tuple[Path, T]:
+    """The frames graph of ``model`` at ``input_hw`` (height, width) and what ``load`` made of it.
+
+    ``options["onnx_path"]``: that file, checked to be a frames graph of these weights, card, size
+    and ``precision``. Else the cached export (``options["cache_dir"]`` or the default cache),
+    exported there first when missing or stale, and once more when ``load`` raises
+    :class:`GraphLoadError` on it (written by another roadseg, or damaged)."""
+    from models.export import onnx_export as export
+
+    height, width = input_hw
+    size = (width, height)
+    fingerprint = model_fingerprint(model, card, size)
+    explicit = options.get("onnx_path")
+    if explicit:
+        path = Path(str(explicit)).expanduser()
+        check_frames_file(path, card.model_id, fingerprint, size, precision)
+        return path, load(path)
+    cache = Path(str(options["cache_dir"])).expanduser() if options.get("cache_dir") else None
+    path = export.export_path(model, card, size, graph="frames", precision=precision, cache=cache)
+    if not export.is_current(path, fingerprint):
+        log.info("%s backend: exporting %s to %s", backend, card.model_id, path)
+        export.export_onnx(model, card, path, input_size=size, graph="frames", precision=precision)
+    try:
+        return path, load(path)
+    except GraphLoadError:
+        log.warning("%s backend: cached %s does not load; exporting again", backend, path)
+        export.export_onnx(model, card, path, input_size=size, graph="frames", precision=precision)
+        return path, load(path)
+
+
+def check_frames_file(path: Path, model_id: str, fingerprint: str, size: tuple[int, int], precision: str) -> None:
+    """BackendError unless ``path`` is a frames graph exported from these weights, card, size
+    (width, height) and precision (its ``roadseg.*`` metadata)."""
+    from models.export import onnx_export as export
+
+    if not path.is_file():
+        raise BackendError(f"ONNX file {path}: no such file")
+    try:
+        meta = export.read_metadata(path)
+    except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
+        raise BackendError(f"ONNX file {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    width, height = size
+    if meta.get("graph") != "frames":
+        raise BackendError(
+            f"ONNX file {path} is not a roadseg frames graph (graph={meta.get('graph')!r}); export one with "
+            f"`roadseg export --model ... --format onnx --graph frames`"
+        )
+    if meta.get("fingerprint") != fingerprint or meta.get("input_size") != f"{width}x{height}":
+        raise BackendError(
+            f"ONNX file {path} was exported from other weights, card or input size "
+            f"({meta.get('model_id')} {meta.get('input_size')}, fingerprint {meta.get('fingerprint')}) "
+            f"than {model_id} {width}x{height} (fingerprint {fingerprint})"
+        )
+    if meta.get("precision", "fp32") != precision:
+        raise BackendError(f"ONNX file {path} is {meta.get('precision')}; the backend was asked for {precision}")
+
+
+def check_frames_io(path: Path, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    """BackendError unless a loaded graph has the frames graph's input and outputs."""
+    if set(inputs) != {"images"} or not {"masks", "finite"} <= set(outputs):
+        raise BackendError(f"{path}: not a roadseg frames graph (inputs images, outputs masks and finite)")
+
+
+def infer_by_size(images: Sequence[np.ndarray],
+                  run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> BatchOutput:
+    """One ``run`` (NHWC uint8 batch -> masks, finite flags) per frame size, in order of first
+    appearance; each frame's mask at its own size. Timings: ``preprocess_ms`` the stacking,
+    ``inference_ms`` the runs, ``postprocess_ms`` handing the masks out."""
+    masks: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
+    valid = [True] * len(images)
+    preprocess_ms = inference_ms = postprocess_ms = 0.0
+    groups: dict[tuple[int, ...], list[int]] = {}
+    check_images(images)
+    for i, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(i)
+    for indices in groups.values():
+        start = time.monotonic_ns()
+        batch = np.ascontiguousarray(np.stack([images[i] for i in indices]))
+        preprocess_ms += _ms_since(start)
+
+        start = time.monotonic_ns()
+        labels, finite = run(batch)
+        inference_ms += _ms_since(start)
+
+        start = time.monotonic_ns()
+        for j, index in enumerate(indices):
+            masks[index] = labels[j]
+            valid[index] = bool(finite[j])
+        postprocess_ms += _ms_since(start)
+    return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))

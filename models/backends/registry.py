@@ -2,7 +2,7 @@
 
 Every backend class takes the same arguments, ``(model, card, *, device, precision,
 input_size, options)``, and is imported only when chosen, so a machine without
-onnxruntime or TensorRT can still run the torch backend.
+onnxruntime, OpenVINO or TensorRT can still run the torch backend.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ BACKENDS: dict[str, str] = {
     "torch-cudagraph": "models.backends.torch_cuda:CudaGraphBackend",
     "onnxruntime": "models.backends.onnx_backend:OnnxRuntimeBackend",
     "tensorrt": "models.backends.tensorrt_backend:TensorRTBackend",
+    "openvino": "models.backends.openvino_backend:OpenVINOBackend",
 }
+
+
+FINGERPRINT_EXCLUDED = ("metrics", "provenance")  # card fields that do not change an exported graph
 
 
 class BackendError(ValueError):
@@ -75,10 +79,15 @@ def create_backend(
 
 
 def model_fingerprint(model: nn.Module, card: ModelCard, input_size: tuple[int, int]) -> str:
-    """Identifies exported artifacts (ONNX files, TensorRT engines) for cache lookups:
-    the weights, the model card and the input size."""
+    """Identifies exported artifacts (ONNX files, TensorRT engines) for cache lookups: the
+    weights, the model card and the input size. The card's ``metrics`` and ``provenance`` say
+    what was measured and where the weights came from, not what the graph computes: eval
+    recording new metrics must not invalidate (and rebuild) the engine it just scored."""
+    body = json.loads(card.to_json())
+    for volatile in FINGERPRINT_EXCLUDED:
+        body.pop(volatile, None)
     digest = hashlib.sha256()
-    digest.update(card.to_json().encode())
+    digest.update(json.dumps(body, sort_keys=True).encode())
     digest.update(json.dumps(list(input_size)).encode())
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())

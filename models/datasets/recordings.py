@@ -43,7 +43,7 @@ def read_frames(spec: str, count: int) -> list[np.ndarray]:
 
 
 def _images(paths: list[Path], count: int) -> list[np.ndarray]:
-    frames = []
+    frames: list[np.ndarray] = []
     for path in paths:
         if len(frames) >= count:
             break
@@ -59,7 +59,7 @@ def _video(path: Path, count: int) -> list[np.ndarray]:
     if not capture.isOpened():
         capture.release()
         raise DatasetError(f"OpenCV cannot open {path} as a video")
-    frames = []
+    frames: list[np.ndarray] = []
     try:
         while len(frames) < count:
             ok, bgr = capture.read()
