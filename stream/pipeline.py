@@ -228,6 +228,9 @@ class Pipeline:
             self.ledger.zmq_hwm = self._publisher.dropped_hwm
             self._publisher.close()
         # A model still loading (stop during start-up) or a forced stop is not waited for.
+        if self._backend is not None and not self._aborted:
+            with contextlib.suppress(Exception):  # on its own thread: CUDA contexts are per thread
+                await self._in(self._infer_pool, self._backend.close)
         self._infer_pool.shutdown(wait=self._model_ready and not self._aborted)
         self._post_pool.shutdown(wait=not self._aborted)
         self._decode_pool.shutdown(wait=not self._aborted)

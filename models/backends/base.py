@@ -37,6 +37,14 @@ class InferenceBackend(Protocol):
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None: ...
 
+    def close(self) -> None:
+        """Release the model, session or engine; idempotent. ``infer`` afterwards raises."""
+        ...
+
+
+class BackendClosed(RuntimeError):
+    """``infer`` on a backend whose ``close()`` was called."""
+
 
 def check_images(images: Sequence[np.ndarray]) -> None:
     """A ValueError naming the first image that is not HxWx3 uint8 RGB: anything else would be

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import nn
 
-from models.backends.base import BackendTimings, BatchOutput, check_images
+from models.backends.base import BackendClosed, BackendTimings, BatchOutput, check_images
 from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
 from models.store.checkpoint import ModelCard
 
@@ -176,8 +176,14 @@ class OnnxRuntimeBackend:
         return infer_by_size(images, self._run)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._session is None:
+            raise BackendClosed("onnxruntime backend is closed")
         labels, finite = self._session.run(["masks", "finite"], {"images": batch})
         return labels, finite
+
+    def close(self) -> None:
+        """Release the session; closing twice is harmless."""
+        self._session = None
 
 
 # --- shared with the OpenVINO backend -----------------------------------------------------------------------------

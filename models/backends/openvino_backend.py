@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from models.backends.base import BatchOutput
+from models.backends.base import BackendClosed, BatchOutput
 from models.backends.onnx_backend import GraphLoadError, check_frames_io, infer_by_size, open_frames_graph
 from models.backends.registry import BackendError, check_options, model_input_hw
 from models.backends.torch_backend import cpu_has_native_bf16
@@ -229,7 +229,7 @@ class OpenVINOBackend:
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
         with self._lock:
             if self._request is None:
-                raise RuntimeError(f"openvino backend for {self.onnx_path.name} is closed")
+                raise BackendClosed(f"openvino backend for {self.onnx_path.name} is closed")
             return infer_by_size(images, self._run)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backends.base import BackendTimings, BatchOutput, check_images
+from models.backends.base import BackendClosed, BackendTimings, BatchOutput, check_images
 from models.backends.registry import check_options, model_input_hw
 from models.networks.category_head import inference_forward
 from models.store.checkpoint import ModelCard
@@ -109,7 +109,14 @@ class TorchBackend:
         for batch in batch_sizes:
             self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
 
+    def close(self) -> None:
+        """Drop the model and its buffers (GPU memory comes back); closing twice is harmless."""
+        self._closed = True
+        self._net_forward = None  # type: ignore[assignment]
+
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
+        if getattr(self, "_closed", False):
+            raise BackendClosed(f"{self.name} backend is closed")
         check_images(images)
         with torch.inference_mode():
             start = time.monotonic_ns()
