@@ -75,9 +75,23 @@ def time_interleaved(
     return {key: LatencyStats(batch, tuple(values)) for key, values in samples.items()}
 
 
+class _Borrowed:
+    """A backend lent to one pipeline run: the pipeline closes what its factory made, but this
+    one is shared by the model-only blocks and the next runs, so closing it is a no-op."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def close(self) -> None:
+        pass
+
+
 def run_pipeline(config: PipelineConfig, backend: InferenceBackend) -> dict[str, Any]:
     """One whole-pipeline run on an already-built (and warm) backend; its telemetry summary."""
-    return asyncio.run(Pipeline(config, lambda: backend).run())
+    return asyncio.run(Pipeline(config, lambda: _Borrowed(backend)).run())  # type: ignore[arg-type,return-value]
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ class SlowBackend:
     def warmup(self, batch_sizes=(1,)):
         self._inner.warmup(batch_sizes)
 
+    def close(self):
+        self._inner.close()
+
 
 def config(sources_: tuple[str, ...], **overrides: Any) -> PipelineConfig:
     base = PipelineConfig(sources=sources_, model="demo", precision="fp32", zmq_address=None, viewer=None,
