@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def size_arg(text: str) -> tuple[int, int]:
@@ -25,3 +26,18 @@ def positive_float(text: str) -> float:
     if not value > 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (counts, batch sizes)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse

@@ -202,7 +202,7 @@ class Pipeline:
         if self.config.stats_interval_s > 0:
             self._workers.append(asyncio.create_task(self._stats_loop(), name="stats"))
         try:
-            await asyncio.gather(*self._workers[:2], return_exceptions=self._aborted)
+            await asyncio.gather(*self._workers[:2])
         except asyncio.CancelledError:
             if not self._aborted:
                 raise

@@ -134,11 +134,12 @@ async def test_newest_frame_wins_and_superseded_frames_are_counted():
     await asyncio.wait_for(source.recv(), 10)
     await asyncio.sleep(0.3)  # ~30 frames arrive while nobody pulls
     frame = await source.recv()
+    newest_then = source.frames_read - 1
     await source.close()
     assert source.drops["superseded"] >= 10
-    assert frame.seq == source.frames_read - 1 or frame.seq >= 10
-    # Captured = handed out + superseded (nothing else lost)
-    assert source.frames_read >= frame.seq + 1
+    assert frame.seq == newest_then, "recv hands out the newest frame, not the oldest waiting"
+    # Captured = the 2 handed out + superseded (+ one captured after recv, counted at close)
+    assert source.frames_read == 2 + source.drops["superseded"] + source.drops["shutdown"]
 
 
 @pytest.mark.parametrize("repeat", [False, True], ids=["read-blocks", "read-repeats-stale-frame"])

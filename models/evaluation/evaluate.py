@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from models.classes import IGNORE, NUM_CLASSES
-from models.cli_args import size_arg
+from models.cli_args import int_at_least, size_arg
 from models.datasets.cityscapes import (
     CITYSCAPES_IMAGE_SUFFIX,
     CITYSCAPES_TRUTH_SUFFIX,
@@ -270,19 +270,6 @@ def default_out_dir(model_spec: str, split: str, now: datetime | None = None) ->
 # --- command line -------------------------------------------------------------------------------
 
 
-def _count_arg(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_subcommand(subparsers: Any) -> None:
     from models.backends.registry import BACKENDS
 
@@ -305,12 +292,12 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--save-metrics", action=argparse.BooleanOptionalAction, default=None,
                    help="record the metrics in the model card: by default only for zoo models on a full "
                         "split; --save-metrics also for built-in models and checkpoint paths")
-    p.add_argument("--batch", type=_count_arg(1), default=1, metavar="N", help="frames per inference batch")
+    p.add_argument("--batch", type=int_at_least(1), default=1, metavar="N", help="frames per inference batch")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="report folder (default runs/eval-<model>-<split>-<timestamp>)")
-    p.add_argument("--panels", type=_count_arg(0), default=DEFAULT_PANELS, metavar="N",
+    p.add_argument("--panels", type=int_at_least(0), default=DEFAULT_PANELS, metavar="N",
                    help=f"image|truth|prediction PNGs to write (default {DEFAULT_PANELS})")
-    p.add_argument("--limit", type=_count_arg(1), metavar="N", help="only the first N frames")
+    p.add_argument("--limit", type=int_at_least(1), metavar="N", help="only the first N frames")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=run_eval)
 

@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # torch and onnx are imported where used: `roadseg --help` st
     from models.store.checkpoint import ModelCard
 
 from models.atomic import write_bytes_atomically
-from models.cli_args import size_arg
+from models.cli_args import int_at_least, size_arg
 from models.export.onnx_graph import (  # noqa: F401 - names re-exported as this module's API
     FINITE,
     IMAGES,
@@ -255,17 +255,6 @@ def export_tensorrt(
 # --- command line: roadseg export ---------------------------------------------------------------------------------
 
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_subcommand(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "export", help="export a model to ONNX or build a TensorRT engine",
@@ -282,7 +271,7 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
                    help="onnx: fp32 (default) or fp16 (for CUDA); tensorrt: fp16 (default), fp32 or int8")
     p.add_argument("--calibration", metavar="SRC", help="tensorrt int8: calibration frames (a --source spec)")
-    p.add_argument("--max-batch", type=_positive, default=8, metavar="N",
+    p.add_argument("--max-batch", type=int_at_least(1), default=8, metavar="N",
                    help="tensorrt: largest batch the engine takes (default 8)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"onnx opset (default {OPSET})")
     p.add_argument("-v", "--verbose", action="store_true")
