@@ -57,6 +57,8 @@ from typing import Any
 from benchmarks.live_report import cores_used, cpu_snapshot, markdown, p50_max, percentiles
 from benchmarks.stamp import decode_stamp
 from models.backends.base import InferenceBackend
+from models.backends.common import DEVICE_CHOICES, PRECISION_CHOICES
+from models.backends.registry import BACKEND_CHOICES
 from models.cli_args import positive_float, size_arg
 from stream.batcher import BatchConfig
 from stream.config import DEFAULT_MAX_AGE_MS, PipelineConfig
@@ -346,9 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fps", type=int, default=25, help="camera frame rate")
     parser.add_argument("--size", type=size_arg, default=(640, 360), metavar="WxH", help="camera frame size")
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--backend", default="torch")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES)
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     parser.add_argument("--zmq", default="tcp://127.0.0.1:0", metavar="ADDR|off",
                         help="publish masks here (default: a free loopback port); off: do not publish")
     parser.add_argument("--max-age-ms", type=positive_float, default=DEFAULT_MAX_AGE_MS)

@@ -41,6 +41,7 @@ from benchmarks.measure import (
 )
 from benchmarks.report import check_targets, machine_info, machine_name, markdown
 from models.backends.base import InferenceBackend
+from models.backends.common import DEVICE_CHOICES
 from models.backends.registry import BackendError, create_backend
 from models.cli_args import positive_float, size_arg
 from models.store.registry import load_model
@@ -73,7 +74,7 @@ def video_frames(count: int) -> list[np.ndarray]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--backends", default="torch,onnxruntime")
     parser.add_argument("--precisions", default="auto", help="comma list, or auto: fp32 + each backend's fast one")
     parser.add_argument("--sizes", default="", help="WxH list; default the model's native size")

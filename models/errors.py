@@ -19,3 +19,8 @@ class UnreadableImage(Exception):
         self.name = name
         self.reason = reason
         self.cause = cause
+
+
+class ArtifactError(ValueError):
+    """An exported file a backend asked for (ONNX graph, TensorRT engine) is missing, foreign or
+    stale; the message says which and what to run. Backends re-raise it as their BackendError."""

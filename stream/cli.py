@@ -58,12 +58,14 @@ def _zmq(text: str) -> str | None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from models.backends.registry import BACKENDS
+    from models.backends.common import DEVICE_CHOICES, PRECISION_CHOICES
+    from models.backends.registry import BACKEND_CHOICES
 
-    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS),
-                   help="inference backend (default torch; onnxruntime/tensorrt need their packages)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
+                   help="inference backend (default torch; auto: the fastest one installed that can run the "
+                        "device and precision; onnxruntime/openvino/tensorrt need their packages)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--zmq", type=_zmq, default=DEFAULT_ZMQ_ADDRESS, metavar="ADDR|off",
                    help=f"ZeroMQ publish address (default {DEFAULT_ZMQ_ADDRESS})")
     p.add_argument("--zmq-wait", type=float, default=0.0, metavar="SECONDS",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from models.backends.common import Device, Precision
 from stream.batcher import BatchConfig
 from stream.sources.base import ReplayMode
 from stream.sources.cameras import RtspTransport
@@ -23,9 +24,9 @@ LIVE_QUEUE_DEPTH = 1  # a live stream keeps only its newest frame waiting
 class PipelineConfig:
     sources: tuple[str, ...]
     model: str = "demo"
-    backend: str = "torch"  # models.backends.registry.BACKENDS
-    device: str = "auto"
-    precision: str = "auto"
+    backend: str = "torch"  # models.backends.registry.BACKEND_CHOICES
+    device: Device = Device.AUTO
+    precision: Precision = Precision.AUTO
     input_size: tuple[int, int] | None = None  # (width, height); None: the model's native size
     zmq_address: str | None = DEFAULT_ZMQ_ADDRESS  # None: do not publish
     zmq_wait_subscriber_s: float = 0.0  # replay: wait this long for a subscriber before frame 0
@@ -59,6 +60,9 @@ class PipelineConfig:
             raise ValueError(f"replay rate must be > 0 frames/s, got {self.replay_rate}")
         if self.queue_depth < 0 or self.result_depth < 1 or self.live_queue_depth < 1:
             raise ValueError("queue_depth must be >= 0, live_queue_depth and result_depth >= 1")
+        # Typed once here, so a bad value fails at configuration and not when the model loads.
+        object.__setattr__(self, "device", Device(self.device))
+        object.__setattr__(self, "precision", Precision(self.precision))
         if not self.max_age_ms > 0:
             raise ValueError(f"max_age_ms must be > 0, got {self.max_age_ms}")
 

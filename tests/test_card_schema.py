@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 
 from models.networks.arguments import MAX_CLASSES, ModelConfigError
-from models.networks.factory import build_model, check_model_arguments
+from models.networks.factory import MAX_TIMM_ENCODER_PARAMS, TIMM_ENCODERS, build_model, check_model_arguments
 from models.store.checkpoint import CheckpointError, InputSpec, ModelCard, load_checkpoint, read_card
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
 HUGE = 20_000_000  # a 20M-way head: ~20 GB of conv weights if it were ever built
+HUGE_TIMM = "tu-convnext_xxlarge"  # a real timm model: ~850 M parameters, 3.4 GB of fp32 weights
 
 
 def _card(family: str = "dabnet", arguments: dict | None = None, **input_fields) -> dict:
@@ -39,6 +41,7 @@ BAD_CARDS = {  # name -> (card, the key the message must name)
     "divisor-0": (_card(divisor=0), "'divisor'"),
     "num-classes-2e7": (_card(arguments={"num_classes": 2e7}), "'num_classes'"),
     "num-classes-huge-int": (_card(arguments={"num_classes": HUGE}), "'num_classes'"),
+    "timm-encoder-huge": (_card("smp", {"arch": "unet", "encoder": HUGE_TIMM}), "'encoder'"),
 }
 
 
@@ -69,6 +72,10 @@ def test_bad_card_is_a_checkpoint_error_naming_file_and_key(tmp_path, name):
     ("smp", {"arch": "deeplabv3", "encoder": "resnet18", "decoder_pab_channels": 8}, "'decoder_pab_channels'"),
     ("smp", {"encoder": "resnet18"}, "'arch'"),
     ("smp", {"arch": "unetx", "encoder": "resnet18"}, "unetx"),
+    ("smp", {"arch": "unet", "encoder": HUGE_TIMM}, "'encoder'"),  # any timm model was let through
+    ("smp", {"arch": "unet", "encoder": "tu-vit_giant_patch14_224"}, "'encoder'"),
+    ("smp", {"arch": "unet", "encoder": "tu-resnet18.a1_in1k"}, "'encoder'"),  # exact names: no timm tags
+    ("smp", {"arch": "unet", "encoder": "tu-"}, "'encoder'"),
 ])
 def test_schema_names_the_bad_argument(family, arguments, key):
     with pytest.raises(ModelConfigError, match=key):
@@ -94,6 +101,27 @@ def test_good_arguments_still_build():
                                   "decoder_channels": [16, 8, 8], "decoder_attention_type": None})
     check_model_arguments("smp", {"arch": "deeplabv3plus", "encoder": "resnet18", "decoder_channels": 64,
                                   "decoder_atrous_rates": [6, 12, 18]})
+    check_model_arguments("smp", {"arch": "unet", "encoder": "tu-mobilenetv3_small_100"})  # the demo's encoder
+
+
+def test_timm_encoder_message_names_the_field_the_limit_and_the_choices():
+    with pytest.raises(ModelConfigError) as caught:
+        check_model_arguments("smp", {"arch": "unet", "encoder": HUGE_TIMM})
+    message = str(caught.value)
+    assert f"'encoder' {HUGE_TIMM!r}" in message, message
+    assert f"under {MAX_TIMM_ENCODER_PARAMS // 1_000_000} M parameters" in message, message
+    assert all(f"tu-{name}" in message for name in TIMM_ENCODERS), message
+
+
+def test_allowed_timm_encoders_are_real_and_under_the_limit():
+    """The list is the bound: every name on it is a timm model smp builds, under the limit. Built on the
+    meta device (shapes only, no memory) as the smp encoder a card would get."""
+    assert len(set(TIMM_ENCODERS)) == len(TIMM_ENCODERS)
+    for name in TIMM_ENCODERS:
+        with torch.device("meta"):
+            encoder = smp.encoders.get_encoder(f"tu-{name}", weights=None)
+        params = sum(p.numel() for p in encoder.parameters())
+        assert 0 < params < MAX_TIMM_ENCODER_PARAMS, (name, params)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CARDS))

@@ -62,7 +62,7 @@ def official_category_iou(label_ids: np.ndarray, predicted: np.ndarray) -> tuple
         fn = np.count_nonzero(in_category) - tp
         fp = np.count_nonzero(in_others & (predicted == category))
         if tp + fp + fn:
-            scores[category] = tp / (tp + fp + fn)
+            scores[category] = float(tp / (tp + fp + fn))
     return float(np.mean(list(scores.values()))), scores
 
 

@@ -41,7 +41,7 @@ def test_without_cuda_it_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_cpu_device_is_refused_even_with_a_gpu() -> None:
     model, card = load_model("demo")
-    with pytest.raises(BackendError, match="torch-cudagraph needs a CUDA GPU; device must be auto or cuda"):
+    with pytest.raises(BackendError, match=r"'cpu' for torch-cudagraph; valid: auto, cuda \(torch-cudagraph needs"):
         CudaGraphBackend(model, card, device="cpu")
 
 

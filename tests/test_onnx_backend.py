@@ -13,49 +13,27 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.backends.registry import BackendError, create_backend
 from models.backends.torch_backend import TorchBackend
-from models.datasets.cityscapes import read_rgb
 from models.export.onnx_export import GRAPHS, export_onnx, export_path, exportable_adaptive_avg_pool2d, read_metadata
-from models.store.checkpoint import InputSpec, ModelCard, load_checkpoint
+from models.store.checkpoint import load_checkpoint
 from models.store.registry import load_model
 from stream.cli import main
-from tests.conftest import REPO, require_shared
+from tests.backend_fixtures import backend_fixtures, bgr_stub
+from tests.conftest import REPO
 from tests.parity import MIN_AGREEMENT, frame_agreement
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-VAL_FRAMES = ("frankfurt_000000_000294", "frankfurt_000000_001016")
 DEMO_SIZE = (512, 256)
 # DABNet's native input is 2048x1024; at that size one CPU frame costs seconds in torch *and* ORT,
 # so the test runs it at 1024x512 (the size the CPU benchmark uses). ESPNetv2's native size is 1024x512.
 DABNET_SIZE = (1024, 512)
 ESPNET_SIZE = (1024, 512)
 
-
-@pytest.fixture(scope="module")
-def frames() -> list[np.ndarray]:
-    root = require_shared("cityscapes/leftImg8bit/val/frankfurt")
-    return [read_rgb(root / f"{name}_leftImg8bit.png") for name in VAL_FRAMES]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("roadseg-cache")
-
-
-@pytest.fixture(scope="module")
-def demo() -> tuple[nn.Module, ModelCard]:
-    return load_model("demo")
-
-
-@pytest.fixture(scope="module")
-def demo_backend(demo, cache):
-    model, card = demo
-    return create_backend("onnxruntime", model, card, device="cpu", precision="fp32", options={"cache_dir": cache})
+frames, cache, demo, demo_backend = backend_fixtures("onnxruntime")
 
 
 def _parity(model, card, size, frames, cache) -> list[float]:
@@ -105,26 +83,9 @@ def test_exportable_adaptive_pool_matches_pytorch():
         torch.testing.assert_close(exportable_adaptive_avg_pool2d(x, out), F.adaptive_avg_pool2d(x, out))
 
 
-class _Stub(nn.Module):
-    """1x1 conv to 8 categories: enough to test BGR handling and the finite flag quickly."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-def _stub_card() -> ModelCard:
-    spec = InputSpec(channel_order="BGR", scale=1.0, mean=(100.0, 110.0, 120.0), std=(50.0, 60.0, 70.0),
-                     size=(64, 32), divisor=32)
-    return ModelCard(model_id="stub:bgr", family="stub", arguments={}, input=spec)
-
-
 def test_bgr_stub_matches_torch_and_non_finite_logits_are_flagged(tmp_path):
     torch.manual_seed(0)
-    model, card = _Stub().eval(), _stub_card()
+    model, card = bgr_stub()
     images = [np.random.default_rng(i).integers(0, 256, shape, dtype=np.uint8)
               for i, shape in enumerate([(96, 160, 3), (32, 64, 3), (96, 160, 3)])]
     backend = create_backend("onnxruntime", model, card, device="cpu", precision="fp32",
@@ -253,7 +214,7 @@ def test_export_tensorrt_hands_the_model_graph_to_build_engine(demo, tmp_path, m
     import types
 
     import models.export.tensorrt_build as trt_build
-    from models.backends.registry import model_fingerprint
+    from models.export.fingerprint import model_fingerprint
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path))
@@ -279,7 +240,7 @@ def test_export_tensorrt_hands_the_model_graph_to_build_engine(demo, tmp_path, m
 def test_recorded_metrics_do_not_change_the_export_fingerprint():
     from dataclasses import replace
 
-    from models.backends.registry import model_fingerprint
+    from models.export.fingerprint import model_fingerprint
 
     model, card = load_model("demo")
     scored = replace(card, metrics={**card.metrics, "eval": {"cityscapes:val": {"category_iou": 0.9}}})

@@ -10,15 +10,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from models.backends.registry import BACKENDS, BackendError, create_backend
 from models.backends.torch_backend import TorchBackend, cpu_has_native_bf16
-from models.datasets.cityscapes import read_rgb
 from models.export.onnx_export import export_onnx, export_path
-from models.store.checkpoint import InputSpec, ModelCard, load_checkpoint
-from models.store.registry import load_model
-from tests.conftest import require_shared
+from models.store.checkpoint import load_checkpoint
+from tests.backend_fixtures import backend_fixtures, bgr_stub
 from tests.parity import MIN_AGREEMENT, frame_agreement
 
 try:
@@ -28,7 +25,6 @@ except ImportError:
         raise
     pytest.skip("openvino is not installed: pip install 'roadseg[openvino]'", allow_module_level=True)
 
-VAL_FRAMES = ("frankfurt_000000_000294", "frankfurt_000000_001016")
 SIZE = (1024, 512)  # DABNet and ESPNetv2 at the CPU benchmark's size (ESPNetv2's native one)
 CHECKPOINTS = {"dabnet": "dabnet_checkpoint", "espnetv2": "espnetv2_checkpoint"}
 
@@ -38,26 +34,7 @@ def ov_cpu_has_bf16() -> bool:
     return cpu_has_native_bf16() and "BF16" in capabilities
 
 
-@pytest.fixture(scope="module")
-def frames() -> list[np.ndarray]:
-    root = require_shared("cityscapes/leftImg8bit/val/frankfurt")
-    return [read_rgb(root / f"{name}_leftImg8bit.png") for name in VAL_FRAMES]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    return tmp_path_factory.mktemp("roadseg-cache")
-
-
-@pytest.fixture(scope="module")
-def demo() -> tuple[nn.Module, ModelCard]:
-    return load_model("demo")
-
-
-@pytest.fixture(scope="module")
-def demo_backend(demo, cache):
-    model, card = demo
-    return create_backend("openvino", model, card, device="cpu", precision="fp32", options={"cache_dir": cache})
+frames, cache, demo, demo_backend = backend_fixtures("openvino")
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +100,9 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(demo, cache):
     assert backend.precision == ("bf16" if ov_cpu_has_bf16() else "fp32")
 
 
-class _Stub(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def test_bgr_stub_matches_torch_and_non_finite_logits_are_flagged(tmp_path):
     torch.manual_seed(0)
-    spec = InputSpec(channel_order="BGR", scale=1.0, mean=(100.0, 110.0, 120.0), std=(50.0, 60.0, 70.0),
-                     size=(64, 32), divisor=32)
-    model, card = _Stub().eval(), ModelCard(model_id="stub:bgr", family="stub", arguments={}, input=spec)
+    model, card = bgr_stub()
     images = [np.random.default_rng(i).integers(0, 256, shape, dtype=np.uint8)
               for i, shape in enumerate([(96, 160, 3), (32, 64, 3), (96, 160, 3)])]
     options = {"cache_dir": tmp_path}
@@ -210,7 +176,7 @@ def test_parity_with_torch_fp32(name, precision, frames, cache, torch_fp32_masks
     ({"device": "cuda"}, "OpenVINO does not run on CUDA GPUs"),
     ({"device": "tpu"}, "unknown device 'tpu' for openvino"),
     ({"options": {"ov_device": "NPU7"}}, "OpenVINO device 'NPU7' is not available here; available: CPU"),
-    ({"options": {"threads": "many"}}, "option threads: expected a positive integer, got 'many'"),
+    ({"options": {"threads": "many"}}, "option threads must be a positive integer, got 'many'"),
     ({"options": {"providers": ["CPU"]}}, "openvino backend: unknown options ['providers']"),
     ({"input_size": (500, 250)}, "width and height must be positive multiples of 32"),
 ])

@@ -11,22 +11,10 @@ import pytest
 
 from models.classes import Category
 from stream.clock import ManualClock
-from stream.frame import Frame
 from stream.sources import EndOfStream, ReplayMode, SourceError, SourceOptions, open_source, split_source_name
 from stream.sources.limits import FrameLimits, OversizePolicy
 from tests.conftest import require_shared
-
-
-async def drain(source, limit: int = 1000):
-    frames: list[Frame] = []
-    try:
-        while len(frames) < limit:
-            frames.append(await source.recv())
-    except EndOfStream:
-        pass
-    finally:
-        await source.close()
-    return frames
+from tests.source_helpers import drain
 
 
 def write_png(path: Path, value: int, size=(32, 16)) -> None:

@@ -13,6 +13,7 @@ import pytest
 from models.classes import NUM_CLASSES, Category
 from stream.sources.base import EndOfStream
 from stream.sources.synthetic import SyntheticDrive, SyntheticSource, parse_synthetic_spec
+from tests.source_helpers import drain
 
 W, H = 512, 256
 BONNET_TOP_ROW = int(0.9 * H)  # the bonnet rises to 10% of the height at the centre, lower at the sides
@@ -187,15 +188,7 @@ def test_bad_frame_index(drive):
 
 async def _drain(source: SyntheticSource, limit: int = 1000) -> list:
     await source.open()
-    frames = []
-    try:
-        for _ in range(limit):
-            frames.append(await source.recv())
-    except EndOfStream:
-        pass
-    finally:
-        await source.close()
-    return frames
+    return await drain(source, limit)
 
 
 def test_source_yields_exactly_frames_then_ends():

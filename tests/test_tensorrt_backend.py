@@ -21,9 +21,10 @@ import pytest
 import torch
 
 import models.export.tensorrt_build as tb
-from models.backends.registry import BackendError, create_backend, model_fingerprint
+from models.backends.registry import BackendError, create_backend
 from models.backends.torch_backend import TorchBackend
 from models.datasets.cityscapes import read_rgb
+from models.export.fingerprint import model_fingerprint
 from models.export.onnx_export import EXPORT_VERSION
 from models.export.tensorrt_build import (
     OnnxInput,
@@ -368,11 +369,11 @@ def test_a_failed_calibration_writes_no_cache(tmp_path: Path) -> None:
 def test_backend_never_builds_and_names_a_bad_max_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Against the stand-in tensorrt: no engine in the cache is an error saying how to build it
     (at the backend's size and batch), never a build; a bad max_batch option is named."""
-    import models.backends.tensorrt_backend as backend_module
+    import models.export.tensorrt_cache as engine_cache
 
     fake = _FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(backend_module, "cuda_gpu_name", lambda: "NVIDIA Fake GPU")
+    monkeypatch.setattr(engine_cache, "cuda_gpu_name", lambda: "NVIDIA Fake GPU")
     model, card = load_model("demo")
     options: dict[str, object] = {"cache_dir": str(tmp_path), "max_batch": "eight"}
     with pytest.raises(BackendError, match="max_batch must be a positive integer, got 'eight'"):

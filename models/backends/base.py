@@ -1,4 +1,4 @@
-"""The contract every backend (torch, ONNX Runtime, TensorRT) implements."""
+"""The contract every backend implements (types only; the shared implementation is in ``common``)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,6 @@ machine): treat it as unverified until the parity tests pass on a GPU.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -46,15 +45,23 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import nn
 
-from models.backends.base import BackendClosed, BackendTimings, BatchOutput, check_images
-from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
+from models.backends.base import BackendTimings, BatchOutput, check_images
+from models.backends.common import (
+    BackendBase,
+    BackendError,
+    Device,
+    GraphLoadError,
+    Precision,
+    ms_since,
+    positive_int_option,
+    usable_cores,
+)
+from models.errors import ArtifactError
+from models.export.artifacts import ArtifactKind, backend_artifact
 from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-OPTIONS = ("onnx_path", "cache_dir", "threads")
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -62,60 +69,31 @@ CPU_PROVIDER = "CPUExecutionProvider"
 T = TypeVar("T")
 
 
-class GraphLoadError(BackendError):
-    """The file itself does not load (as opposed to a provider or contract problem)."""
-
-
-def _ms_since(start_ns: int) -> float:
-    return (time.monotonic_ns() - start_ns) / 1e6
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BackendBase):
     name = "onnxruntime"
+    PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.FP16, Precision.BF16)
+    OPTIONS = ("onnx_path", "cache_dir", "threads")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        card: ModelCard,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        input_size: tuple[int, int] | None = None,
-        options: dict[str, object] | None = None,
-    ) -> None:
+    def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError(f"onnxruntime is not installed ({exc}): pip install 'roadseg[onnx]'") from exc
-
-        options = check_options(self.name, options, OPTIONS)
         self._ort = ort
         self.device = self._resolve_device(device)
         self.precision = self._resolve_precision(precision, self.device)
-        self.model_id = card.model_id
-        self.card = card
-        self.input_hw = model_input_hw(card, input_size)
         self.onnx_path, self._session = open_frames_graph(
-            self.name, model, card, self.input_hw, options, precision=self.precision,
+            self.name, model, self.card, self.input_hw, options, precision=self.precision,
             load=lambda path: self._open(path, options),
         )
 
     # --- construction -------------------------------------------------------------------------------------------
 
-    def _resolve_device(self, device: str) -> str:
-        if device not in DEVICES:
-            raise BackendError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    def _resolve_device(self, device: Device) -> Device:
         has_cuda = CUDA_PROVIDER in self._ort.get_available_providers()
-        if device == "auto":
-            return "cuda" if has_cuda else "cpu"
-        if device == "cuda" and not has_cuda:
+        if device is Device.AUTO:
+            return Device.CUDA if has_cuda else Device.CPU
+        if device is Device.CUDA and not has_cuda:
             raise BackendError(
                 f"device 'cuda' requested but this onnxruntime ({self._ort.__version__}) has no {CUDA_PROVIDER}: "
                 "install onnxruntime-gpu instead of onnxruntime"
@@ -123,17 +101,15 @@ class OnnxRuntimeBackend:
         return device
 
     @staticmethod
-    def _resolve_precision(precision: str, device: str) -> str:
-        if precision not in PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r} for onnxruntime; valid: {', '.join(PRECISIONS)}")
-        if precision == "auto":
-            return "fp16" if device == "cuda" else "fp32"
-        if precision == "bf16":
+    def _resolve_precision(precision: Precision, device: Device) -> Precision:
+        if precision is Precision.AUTO:
+            return Precision.FP16 if device is Device.CUDA else Precision.FP32
+        if precision is Precision.BF16:
             raise BackendError(
                 "onnxruntime has no bf16 kernels for these models (its CPU provider offers bf16 only for ARM "
                 "GEMMs); use --precision fp32 with onnxruntime, or the torch backend for bf16"
             )
-        if precision == "fp16" and device == "cpu":
+        if precision is Precision.FP16 and device is Device.CPU:
             raise BackendError("precision fp16 is for CUDA; onnxruntime on the CPU runs fp32")
         return precision
 
@@ -147,8 +123,9 @@ class OnnxRuntimeBackend:
             providers: list[Any] = [(CUDA_PROVIDER, {"device_id": 0, "cudnn_conv_use_max_workspace": "1"}),
                                     CPU_PROVIDER]
         else:
-            threads = int(str(options.get("threads") or usable_cores()))
-            session_options.intra_op_num_threads = max(1, threads)
+            threads = options.get("threads")
+            count = usable_cores() if threads is None else positive_int_option(self.name, "threads", threads)
+            session_options.intra_op_num_threads = count
             session_options.inter_op_num_threads = 1
             providers = [CPU_PROVIDER]
         try:
@@ -167,22 +144,15 @@ class OnnxRuntimeBackend:
 
     # --- inference ----------------------------------------------------------------------------------------------
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        height, width = self.input_hw
-        for batch in batch_sizes:
-            self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
-
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
         return infer_by_size(images, self._run)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._session is None:
-            raise BackendClosed("onnxruntime backend is closed")
+        self._check_open()
         labels, finite = self._session.run(["masks", "finite"], {"images": batch})
         return labels, finite
 
-    def close(self) -> None:
-        """Release the session; closing twice is harmless."""
+    def _release(self) -> None:
         self._session = None
 
 
@@ -205,54 +175,22 @@ def open_frames_graph(
     and ``precision``. Else the cached export (``options["cache_dir"]`` or the default cache),
     exported there first when missing or stale, and once more when ``load`` raises
     :class:`GraphLoadError` on it (written by another roadseg, or damaged)."""
-    from models.export import onnx_export as export
+    def find(refresh: bool) -> Path:
+        try:
+            return backend_artifact(ArtifactKind.ONNX_FRAMES, model, card, input_hw, precision=precision,
+                                    options=options, refresh=refresh)
+        except ArtifactError as exc:
+            raise BackendError(str(exc)) from exc
 
-    height, width = input_hw
-    size = (width, height)
-    fingerprint = model_fingerprint(model, card, size)
-    explicit = options.get("onnx_path")
-    if explicit:
-        path = Path(str(explicit)).expanduser()
-        check_frames_file(path, card.model_id, fingerprint, size, precision)
-        return path, load(path)
-    cache = Path(str(options["cache_dir"])).expanduser() if options.get("cache_dir") else None
-    path = export.export_path(model, card, size, graph="frames", precision=precision, cache=cache)
-    if not export.is_current(path, fingerprint):
-        log.info("%s backend: exporting %s to %s", backend, card.model_id, path)
-        export.export_onnx(model, card, path, input_size=size, graph="frames", precision=precision)
+    path = find(refresh=False)
     try:
         return path, load(path)
     except GraphLoadError:
+        if options.get("onnx_path"):
+            raise
         log.warning("%s backend: cached %s does not load; exporting again", backend, path)
-        export.export_onnx(model, card, path, input_size=size, graph="frames", precision=precision)
+        path = find(refresh=True)
         return path, load(path)
-
-
-def check_frames_file(path: Path, model_id: str, fingerprint: str, size: tuple[int, int], precision: str) -> None:
-    """BackendError unless ``path`` is a frames graph exported from these weights, card, size
-    (width, height) and precision (its ``roadseg.*`` metadata)."""
-    from models.export import onnx_export as export
-
-    if not path.is_file():
-        raise BackendError(f"ONNX file {path}: no such file")
-    try:
-        meta = export.read_metadata(path)
-    except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
-        raise BackendError(f"ONNX file {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
-    width, height = size
-    if meta.get("graph") != "frames":
-        raise BackendError(
-            f"ONNX file {path} is not a roadseg frames graph (graph={meta.get('graph')!r}); export one with "
-            f"`roadseg export --model ... --format onnx --graph frames`"
-        )
-    if meta.get("fingerprint") != fingerprint or meta.get("input_size") != f"{width}x{height}":
-        raise BackendError(
-            f"ONNX file {path} was exported from other weights, card or input size "
-            f"({meta.get('model_id')} {meta.get('input_size')}, fingerprint {meta.get('fingerprint')}) "
-            f"than {model_id} {width}x{height} (fingerprint {fingerprint})"
-        )
-    if meta.get("precision", "fp32") != precision:
-        raise BackendError(f"ONNX file {path} is {meta.get('precision')}; the backend was asked for {precision}")
 
 
 def check_frames_io(path: Path, inputs: Sequence[str], outputs: Sequence[str]) -> None:
@@ -276,15 +214,15 @@ def infer_by_size(images: Sequence[np.ndarray],
     for indices in groups.values():
         start = time.monotonic_ns()
         batch = np.ascontiguousarray(np.stack([images[i] for i in indices]))
-        preprocess_ms += _ms_since(start)
+        preprocess_ms += ms_since(start)
 
         start = time.monotonic_ns()
         labels, finite = run(batch)
-        inference_ms += _ms_since(start)
+        inference_ms += ms_since(start)
 
         start = time.monotonic_ns()
         for j, index in enumerate(indices):
             masks[index] = labels[j]
             valid[index] = bool(finite[j])
-        postprocess_ms += _ms_since(start)
+        postprocess_ms += ms_since(start)
     return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))

@@ -61,53 +61,49 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from models.backends.base import BackendClosed, BatchOutput
-from models.backends.onnx_backend import GraphLoadError, check_frames_io, infer_by_size, open_frames_graph
-from models.backends.registry import BackendError, check_options, model_input_hw
-from models.backends.torch_backend import cpu_has_native_bf16
-from models.store.checkpoint import ModelCard
+from models.backends.base import BatchOutput
+from models.backends.common import (
+    BackendBase,
+    BackendError,
+    Device,
+    GraphLoadError,
+    Precision,
+    cpu_has_native_bf16,
+    positive_int_option,
+)
+from models.backends.onnx_backend import check_frames_io, infer_by_size, open_frames_graph
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-OPTIONS = ("onnx_path", "cache_dir", "threads", "ov_device")
 CPU = "CPU"
 # roadseg precision -> (OpenVINO OPTIMIZATION_CAPABILITIES entry, INFERENCE_PRECISION_HINT value)
 _PRECISION_NAMES = {"fp32": ("FP32", "f32"), "bf16": ("BF16", "bf16"), "fp16": ("FP16", "f16")}
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(BackendBase):
     name = "openvino"
+    DEVICES = (Device.AUTO, Device.CPU)
+    PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.FP16)
+    OPTIONS = ("onnx_path", "cache_dir", "threads", "ov_device")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        card: ModelCard,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        input_size: tuple[int, int] | None = None,
-        options: dict[str, object] | None = None,
-    ) -> None:
+    DEVICE_HINT = ("OpenVINO does not run on CUDA GPUs; for an Intel GPU or NPU pass device='auto' and "
+                   "options={'ov_device': 'GPU'}")
+
+    def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
             raise BackendError(f"openvino is not installed ({exc}): pip install 'roadseg[openvino]'") from exc
-
-        options = check_options(self.name, options, OPTIONS)
         self._ov = ov
         self._core = ov.Core()
         self.ov_device = self._resolve_device(device, options.get("ov_device"))
-        self.device = self.ov_device.lower()
+        # Not a Device: an Intel GPU or NPU has no Device member; "cpu" compares equal to Device.CPU.
+        self.device = self.ov_device.lower()  # type: ignore[assignment]
         self.precision = self._resolve_precision(precision)
-        self.model_id = card.model_id
-        self.card = card
-        self.input_hw = model_input_hw(card, input_size)
         config = self._compile_config(options)
         # The export is always fp32: bf16/fp16 are OpenVINO's inference precision, not the file's.
         self.onnx_path, self._compiled = open_frames_graph(
-            self.name, model, card, self.input_hw, options, precision="fp32",
+            self.name, model, self.card, self.input_hw, options, precision=Precision.FP32,
             load=lambda path: self._compile(path, config),
         )
         self._request: Any = self._compiled.create_infer_request()
@@ -124,13 +120,8 @@ class OpenVINOBackend:
                     names.append(name)
         return names
 
-    def _resolve_device(self, device: str, ov_device: object) -> str:
+    def _resolve_device(self, device: Device, ov_device: object) -> str:
         available = self._available()
-        if device not in DEVICES:
-            cuda = (" (OpenVINO does not run on CUDA GPUs; for an Intel GPU pass device='auto' and "
-                    "options={'ov_device': 'GPU'})") if device == "cuda" else ""
-            raise BackendError(f"unknown device {device!r} for openvino{cuda}; valid: {', '.join(DEVICES)}, or "
-                               f"device='auto' with option ov_device, one of: {', '.join(available)}")
         if ov_device is None or ov_device == "":
             return CPU
         name = str(ov_device).upper()
@@ -145,14 +136,12 @@ class OpenVINOBackend:
     def _capabilities(self) -> list[str]:
         return [str(c) for c in self._core.get_property(self.ov_device, "OPTIMIZATION_CAPABILITIES")]
 
-    def _resolve_precision(self, precision: str) -> str:
-        if precision not in PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r} for openvino; valid: {', '.join(PRECISIONS)}")
+    def _resolve_precision(self, precision: Precision) -> Precision:
         capabilities = self._capabilities()
-        if precision == "auto":
+        if precision is Precision.AUTO:
             if self.ov_device == CPU:
-                return "bf16" if cpu_has_native_bf16() and "BF16" in capabilities else "fp32"
-            return "fp16" if "FP16" in capabilities else "fp32"
+                return Precision.BF16 if cpu_has_native_bf16() and "BF16" in capabilities else Precision.FP32
+            return Precision.FP16 if "FP16" in capabilities else Precision.FP32
         if self.ov_device == CPU and precision == "fp16":
             raise BackendError("precision fp16 is not for the CPU: openvino on the CPU runs fp32 or bf16")
         if _PRECISION_NAMES[precision][0] not in capabilities:
@@ -180,13 +169,7 @@ class OpenVINOBackend:
         if threads is not None:
             if self.ov_device != CPU:
                 raise BackendError(f"option threads is for the CPU; OpenVINO device {self.ov_device} takes none")
-            try:
-                count = int(str(threads))
-            except ValueError:
-                count = 0
-            if count < 1:
-                raise BackendError(f"option threads: expected a positive integer, got {threads!r}")
-            config["INFERENCE_NUM_THREADS"] = count
+            config["INFERENCE_NUM_THREADS"] = positive_int_option(self.name, "threads", threads)
         return config
 
     def _compile(self, path: Path, config: dict[str, Any]) -> Any:
@@ -221,15 +204,9 @@ class OpenVINOBackend:
 
     # --- inference ----------------------------------------------------------------------------------------------
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        height, width = self.input_hw
-        for batch in batch_sizes:
-            self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
-
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
         with self._lock:
-            if self._request is None:
-                raise BackendClosed(f"openvino backend for {self.onnx_path.name} is closed")
+            self._check_open()
             return infer_by_size(images, self._run)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,9 +215,8 @@ class OpenVINOBackend:
         result = self._request.infer({"images": batch}, share_inputs=True)
         return result["masks"], result["finite"]
 
-    def close(self) -> None:
-        """Release the inference request and the compiled model; ``infer`` afterwards is an error.
-        Closing twice is harmless."""
+    def _release(self) -> None:
+        """Release the inference request and the compiled model."""
         with self._lock:
             self._request = None
             self._compiled = None

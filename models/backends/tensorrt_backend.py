@@ -33,25 +33,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput, check_images
-from models.backends.registry import BackendError, check_options, model_fingerprint, model_input_hw
-from models.backends.torch_backend import _group_by_shape, _ms_since, pinned_stack
-from models.export.tensorrt_build import resize_nhwc_uint8
-from models.export.tensorrt_cache import (
-    TensorRTError,
-    build_hint,
-    cuda_gpu_name,
-    find_engines,
-    import_tensorrt,
-    missing_engine_message,
-    trt_logger,
-    trt_version,
+from models.backends.common import (
+    BackendBase,
+    BackendError,
+    Device,
+    Precision,
+    group_by_shape,
+    ms_since,
+    positive_int_option,
 )
-from models.store.checkpoint import ModelCard
+from models.backends.tensorrt_runtime import TensorRTError, import_tensorrt, resize_nhwc_uint8, trt_logger
+from models.backends.torch_backend import pinned_stack
+from models.errors import ArtifactError
+from models.export.artifacts import ArtifactKind, backend_artifact
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-OPTIONS = ("engine_path", "max_batch", "cache_dir", "model_name")
 _LOGITS_NAMES = ("logits", "scores")
 _MASK_NAMES = ("masks", "mask", "labels")
 
@@ -73,45 +70,36 @@ def _torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:
     return table[dtype]
 
 
-class TensorRTBackend:
+class TensorRTBackend(BackendBase):
     name = "tensorrt"
+    DEVICES = (Device.AUTO, Device.CUDA)
+    PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.FP16, Precision.INT8)
+    OPTIONS = ("engine_path", "max_batch", "cache_dir", "model_name")
+    DEVICE_HINT = "tensorrt runs on a CUDA GPU"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        card: ModelCard,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        input_size: tuple[int, int] | None = None,
-        options: dict[str, object] | None = None,
-    ) -> None:
-        options = check_options(self.name, options, OPTIONS)
-        if device not in ("auto", "cuda"):
-            raise BackendError(f"tensorrt backend runs on a CUDA GPU; device must be auto or cuda, got {device!r}")
-        if precision not in PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r} for tensorrt; valid: {', '.join(PRECISIONS)}")
-        self.device = "cuda"
-        self.precision = "fp16" if precision == "auto" else precision
-        self.model_id = card.model_id
-        self.card = card
-        self.input_hw = model_input_hw(card, input_size)
-        height, width = self.input_hw
+    def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
+        self.device = Device.CUDA
+        self.precision = Precision.FP16 if precision is Precision.AUTO else precision
+        if options.get("max_batch") is not None:
+            options["max_batch"] = positive_int_option(self.name, "max_batch", options["max_batch"])
         try:
             self._trt = trt = import_tensorrt()
-            gpu = cuda_gpu_name()
-        except TensorRTError as exc:
+            path = backend_artifact(ArtifactKind.TENSORRT_ENGINE, model, self.card, self.input_hw,
+                                    precision=self.precision, options=options)
+        except (TensorRTError, ArtifactError) as exc:
             raise BackendError(str(exc)) from exc
-        path = self._engine_file(model, card, options, gpu, (width, height))
+        log.info("tensorrt backend: engine %s", path)
         self.engine_path = path
         self._device = torch.device("cuda", torch.cuda.current_device())
         self._runtime = trt.Runtime(trt_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
+            hint = str(options.get("model_name") or self.card.model_id)
+            height, width = self.input_hw
             raise BackendError(
                 f"TensorRT could not load {path} (built by another TensorRT version or for another GPU, or "
-                f"corrupt; its log above says which): delete it and "
-                f"{build_hint(self._hint_name(card, options), self.precision, (width, height))}"
+                f"corrupt; its log above says which): delete it and build it again with `roadseg export "
+                f"--model {hint} --format tensorrt --precision {self.precision} --size {width}x{height}`"
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:
@@ -121,37 +109,6 @@ class TensorRTBackend:
         self._lock = threading.Lock()
 
     # --- construction -------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _hint_name(card: ModelCard, options: dict[str, object]) -> str:
-        return str(options.get("model_name") or card.model_id)
-
-    def _engine_file(
-        self, model: nn.Module, card: ModelCard, options: dict[str, object], gpu: str, size: tuple[int, int]
-    ) -> Path:
-        explicit = options.get("engine_path")
-        if explicit:
-            path = Path(str(explicit)).expanduser()
-            if not path.is_file():
-                raise BackendError(f"TensorRT engine {path}: no such file")
-            return path
-        if options.get("cache_dir"):
-            cache = Path(str(options["cache_dir"])).expanduser()
-        else:
-            from models.store.zoo import cache_dir
-
-            cache = cache_dir()
-        wanted = _parse_max_batch(options.get("max_batch"))
-        fingerprint = model_fingerprint(model, card, size)
-        engines = find_engines(cache, fingerprint, gpu, trt_version(self._trt), self.precision)
-        if wanted is not None:
-            engines = {b: p for b, p in engines.items() if b == wanted}
-        if not engines:
-            hint_name = self._hint_name(card, options)
-            raise BackendError(missing_engine_message(hint_name, size, self.precision, wanted))
-        batch = max(engines)
-        log.info("tensorrt backend: engine %s", engines[batch])
-        return engines[batch]
 
     def _bind(self, path: Path) -> None:
         """Check the engine's I/O against what this backend feeds it and allocate device buffers."""
@@ -209,14 +166,9 @@ class TensorRTBackend:
 
     # --- inference ----------------------------------------------------------------------------------------------
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        height, width = self.input_hw
-        for batch in batch_sizes:
-            self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
-
-    def close(self) -> None:
+    def _release(self) -> None:
         """Release the execution context, the engine, the runtime and the device buffers, in the
-        order TensorRT needs (a context before its engine); ``infer`` afterwards is an error."""
+        order TensorRT needs (a context before its engine)."""
         with self._lock:
             self._context = None
             self._engine = None
@@ -230,10 +182,9 @@ class TensorRTBackend:
         valid = [True] * len(images)
         timings = [0.0, 0.0, 0.0]
         # Same-sized frames next to each other: one upload and one resize per size.
-        order = [i for _, indices in _group_by_shape(images) for i in indices]
+        order = [i for _, indices in group_by_shape(images) for i in indices]
         with self._lock, torch.inference_mode(), torch.cuda.device(self._device), torch.cuda.stream(self._stream):
-            if self._context is None:
-                raise RuntimeError(f"tensorrt backend for {self.engine_path.name} is closed")
+            self._check_open()
             for start in range(0, len(order), self.max_batch):
                 chunk = order[start : start + self.max_batch]
                 self._run_chunk(images, chunk, masks, valid, timings)
@@ -259,7 +210,7 @@ class TensorRTBackend:
                 upload = host.to(self._device, non_blocking=True)
                 target.copy_(resize_nhwc_uint8(upload, self.input_hw))
         self._stream.synchronize()
-        timings[0] += _ms_since(start)
+        timings[0] += ms_since(start)
 
         start = time.monotonic_ns()
         shape = (count, *self.input_hw, 3)
@@ -268,7 +219,7 @@ class TensorRTBackend:
         if not self._context.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to run {self.engine_path.name}")
         self._stream.synchronize()
-        timings[1] += _ms_since(start)
+        timings[1] += ms_since(start)
 
         start = time.monotonic_ns()
         result = self._outputs[self._output_name][:count]  # the engine wrote the first `count` rows
@@ -290,19 +241,7 @@ class TensorRTBackend:
             host_labels = labels.to(torch.uint8).cpu().numpy()
             for j in range(length):
                 masks[chunk[offset + j]] = host_labels[j]
-        timings[2] += _ms_since(start)
-
-
-def _parse_max_batch(value: object) -> int | None:
-    if value is None:
-        return None
-    try:
-        batch = int(str(value))
-    except ValueError:
-        batch = 0
-    if batch < 1:
-        raise BackendError(f"tensorrt backend: option max_batch must be a positive integer, got {value!r}")
-    return batch
+        timings[2] += ms_since(start)
 
 
 def _runs_by_shape(shapes: list[tuple[int, ...]]) -> list[tuple[int, int]]:

@@ -7,88 +7,65 @@ only a uint8 mask per frame comes back to the host.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from collections.abc import Iterator, Sequence
-from functools import cache
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backends.base import BackendClosed, BackendTimings, BatchOutput, check_images
-from models.backends.registry import check_options, model_input_hw
+from models.backends.base import BackendTimings, BatchOutput, check_images
+from models.backends.common import (
+    BackendBase,
+    BackendError,
+    Device,
+    Precision,
+    cpu_has_native_bf16,
+    group_by_shape,
+    ms_since,
+    parse_device,
+    parse_precision,
+)
 from models.networks.category_head import inference_forward
-from models.store.checkpoint import ModelCard
 
-log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# CPU flags under which oneDNN runs bf16 natively (else bf16 is emulated and slower).
-_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
+TORCH_PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.FP16)
 
 
-def resolve_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
-    return device
+def resolve_device(device: Device | str) -> Device:
+    """``auto`` -> CUDA when torch sees a GPU, else the CPU; BackendError for CUDA without one."""
+    wanted = parse_device(device, "torch", tuple(Device))
+    if wanted is Device.AUTO:
+        return Device.CUDA if torch.cuda.is_available() else Device.CPU
+    if wanted is Device.CUDA and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' requested but torch sees no CUDA GPU")
+    return wanted
 
 
-@cache
-def cpu_has_native_bf16() -> bool:
-    with contextlib.suppress(OSError):
-        flags = Path("/proc/cpuinfo").read_text()
-        return any(flag in flags for flag in _CPU_BF16_FLAGS)
-    return False
+def resolve_precision(precision: Precision | str, device: Device | str) -> Precision:
+    """``auto`` -> fp16 on CUDA, bf16 on a CPU with native bf16, else fp32."""
+    wanted = parse_precision(precision, "torch", TORCH_PRECISIONS)
+    if wanted is Precision.AUTO:
+        if device == Device.CUDA:
+            return Precision.FP16
+        return Precision.BF16 if cpu_has_native_bf16() else Precision.FP32
+    if wanted is Precision.FP16 and device == Device.CPU:
+        raise BackendError("precision fp16 is for CUDA; on CPU use bf16 or fp32")
+    return wanted
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device == "cuda":
-            return "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "fp16" and device == "cpu":
-        raise ValueError("precision fp16 is for CUDA; on CPU use bf16 or fp32")
-    return precision
-
-
-def _ms_since(start_ns: int) -> float:
-    return (time.monotonic_ns() - start_ns) / 1e6
-
-
-class TorchBackend:
+class TorchBackend(BackendBase):
     name = "torch"
+    PRECISIONS = TORCH_PRECISIONS
 
-    def __init__(
-        self,
-        model: nn.Module,
-        card: ModelCard,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        input_size: tuple[int, int] | None = None,
-        options: dict[str, object] | None = None,
-    ) -> None:
-        check_options(self.name, options, ())
+    def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model_id = card.model_id
-        self.card = card
-        self.input_hw = model_input_hw(card, input_size)
         self._torch_device = torch.device(self.device)
         self._model = model.eval().to(self._torch_device).to(memory_format=torch.channels_last)
         self._net_forward = inference_forward(self._model)
-        spec = card.input
+        spec = self.card.input
         std = torch.tensor(spec.std, dtype=torch.float32)
         # (x * scale - mean) / std folded into one multiply-add per pixel.
         self._gain = (spec.scale / std).view(1, 3, 1, 1).to(self._torch_device)
@@ -98,42 +75,36 @@ class TorchBackend:
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self._torch_device.type, dtype=_DTYPES[self.precision])
+        return torch.autocast(self._torch_device.type, dtype=DTYPES[self.precision])
 
     def _sync(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        height, width = self.input_hw
-        for batch in batch_sizes:
-            self.infer([np.zeros((height, width, 3), np.uint8)] * batch)
-
-    def close(self) -> None:
-        """Drop the model and its buffers (GPU memory comes back); closing twice is harmless."""
-        self._closed = True
+    def _release(self) -> None:
+        """Drop the model and its buffers (GPU memory comes back)."""
         self._net_forward = None  # type: ignore[assignment]
+        self._model = None  # type: ignore[assignment]
 
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
-        if getattr(self, "_closed", False):
-            raise BackendClosed(f"{self.name} backend is closed")
+        self._check_open()
         check_images(images)
         with torch.inference_mode():
             start = time.monotonic_ns()
-            groups = list(_group_by_shape(images))
+            groups = list(group_by_shape(images))
             batch = torch.cat([self._preprocess([images[i] for i in idx]) for _, idx in groups])
             self._sync()
-            preprocess_ms = _ms_since(start)
+            preprocess_ms = ms_since(start)
 
             start = time.monotonic_ns()
             with self._autocast():
                 logits = self._net_forward(batch)
             self._sync()
-            inference_ms = _ms_since(start)
+            inference_ms = ms_since(start)
 
             start = time.monotonic_ns()
             masks, valid = self._postprocess(logits, groups, len(images))
-            postprocess_ms = _ms_since(start)
+            postprocess_ms = ms_since(start)
         return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))
 
     def _preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -172,11 +143,3 @@ def pinned_stack(images: Sequence[np.ndarray]) -> torch.Tensor:
     host = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
     np.stack(images, out=host.numpy())
     return host
-
-
-def _group_by_shape(images: Sequence[np.ndarray]) -> Iterator[tuple[tuple[int, ...], list[int]]]:
-    """Indices of same-sized images, so each group is one stacked host->device copy."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(image.shape, []).append(i)
-    yield from groups.items()

@@ -33,14 +33,12 @@ import torch
 from torch import nn
 
 from models.backends.base import BackendTimings, BatchOutput, check_images
-from models.backends.registry import BackendError, check_options
-from models.backends.torch_backend import _DTYPES, TorchBackend, _group_by_shape, _ms_since
-from models.store.checkpoint import ModelCard
+from models.backends.common import BackendError, Device, Precision, group_by_shape, ms_since
+from models.backends.torch_backend import DTYPES, TorchBackend
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
-OPTIONS = ("batch_sizes", "compile")
 WARMUP_ITERATIONS = 3  # eager runs before capture: cuDNN/cuBLAS pick kernels and allocate workspaces
 NEEDS_GPU = "torch-cudagraph needs a CUDA GPU"
 
@@ -92,27 +90,18 @@ class _Captured:
 class CudaGraphBackend(TorchBackend):
     name = "torch-cudagraph"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        card: ModelCard,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        input_size: tuple[int, int] | None = None,
-        options: dict[str, object] | None = None,
-    ) -> None:
-        options = check_options(self.name, options, OPTIONS)
+    DEVICES = (Device.AUTO, Device.CUDA)
+    OPTIONS = ("batch_sizes", "compile")
+    DEVICE_HINT = f"{NEEDS_GPU}; on the CPU use --backend torch"
+
+    def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         self.batch_sizes = parse_batch_sizes(options.get("batch_sizes", DEFAULT_BATCH_SIZES))
         self.compiled = _parse_flag(options.get("compile", False))
-        if device not in ("auto", "cuda"):
-            raise BackendError(f"{NEEDS_GPU}; device must be auto or cuda, got {device!r} (use --backend torch)")
         if not torch.cuda.is_available():
             raise BackendError(f"{NEEDS_GPU}, and torch sees none; on CPU use --backend torch")
         # Graphs hold raw pointers to the weights: own a copy, so moving or freeing the caller's model
         # (another backend's .to(device), say) cannot pull memory from under a captured graph.
-        model = copy.deepcopy(model)
-        super().__init__(model, card, device="cuda", precision=precision, input_size=input_size)
+        super()._load(copy.deepcopy(model), Device.CUDA, precision, {})
         self._lock = threading.Lock()
         self._runner: Callable[[torch.Tensor], torch.Tensor] = self._net_forward
         if self.compiled:
@@ -133,7 +122,7 @@ class CudaGraphBackend(TorchBackend):
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if self.precision != "fp32":
             # No autocast weight cache: cached casts made during capture would live outside the graph's pool.
-            autocast = torch.autocast("cuda", dtype=_DTYPES[self.precision], cache_enabled=False)
+            autocast = torch.autocast("cuda", dtype=DTYPES[self.precision], cache_enabled=False)
         with autocast:
             return self._runner(x)
 
@@ -184,16 +173,24 @@ class CudaGraphBackend(TorchBackend):
             for _ in range(rounds):
                 self.infer([np.zeros((height, width, 3), np.uint8)] * size)
 
+    def _release(self) -> None:
+        """Drop the captured graphs (their static buffers and memory pools) with the model."""
+        with self._lock:
+            self._graphs.clear()
+            self._runner = None  # type: ignore[assignment]
+        super()._release()
+
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
+        self._check_open()
         check_images(images)
         if not images:
             return BatchOutput([], [], BackendTimings(0.0, 0.0, 0.0))
         with self._lock, torch.inference_mode():
             start = time.monotonic_ns()
-            groups = list(_group_by_shape(images))
+            groups = list(group_by_shape(images))
             batch = torch.cat([self._preprocess([images[i] for i in idx]) for _, idx in groups])
             self._sync()
-            preprocess_ms = _ms_since(start)
+            preprocess_ms = ms_since(start)
 
             start = time.monotonic_ns()
             plan = plan_batches(len(images), self.batch_sizes)
@@ -206,9 +203,9 @@ class CudaGraphBackend(TorchBackend):
                 offset += count
             logits = parts[0] if len(parts) == 1 else torch.cat(parts)
             self._sync()
-            inference_ms = _ms_since(start)
+            inference_ms = ms_since(start)
 
             start = time.monotonic_ns()
             masks, valid = self._postprocess(logits, groups, len(images))
-            postprocess_ms = _ms_since(start)
+            postprocess_ms = ms_since(start)
         return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))

@@ -271,7 +271,8 @@ def default_out_dir(model_spec: str, split: str, now: datetime | None = None) ->
 
 
 def add_subcommand(subparsers: Any) -> None:
-    from models.backends.registry import BACKENDS
+    from models.backends.common import DEVICE_CHOICES, PRECISION_CHOICES
+    from models.backends.registry import BACKEND_CHOICES
 
     p = subparsers.add_parser(
         "eval", help="score a model on Cityscapes ground truth (IoU, Dice, confusion)",
@@ -285,10 +286,10 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--split", default="val", help="split folder (default val)")
     p.add_argument("--city", help="only this city")
     p.add_argument("--size", type=size_arg, metavar="WxH", help="model input size (default: the model's own)")
-    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS),
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                    help="inference engine to score, as 'roadseg run --backend' runs it (default torch)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--save-metrics", action=argparse.BooleanOptionalAction, default=None,
                    help="record the metrics in the model card: by default only for zoo models on a full "
                         "split; --save-metrics also for built-in models and checkpoint paths")

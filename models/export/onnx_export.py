@@ -65,6 +65,7 @@ import argparse
 import importlib
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,8 @@ if TYPE_CHECKING:  # torch and onnx are imported where used: `roadseg --help` st
 
 from models.atomic import write_bytes_atomically
 from models.cli_args import int_at_least, size_arg
+from models.errors import ArtifactError
+from models.export.fingerprint import model_fingerprint
 from models.export.onnx_graph import (  # noqa: F401 - names re-exported as this module's API
     FINITE,
     IMAGES,
@@ -123,7 +126,6 @@ def export_filename(model_id: str, fingerprint: str, input_size: tuple[int, int]
 def export_path(model: nn.Module, card: ModelCard, input_size: tuple[int, int] | None = None, *,
                 graph: str = "frames", precision: str = "fp32", cache: Path | None = None) -> Path:
     """Where the export of this model (weights, card, input size) lives in the cache."""
-    from models.backends.registry import model_fingerprint
     from models.store.zoo import cache_dir
 
     size = _input_size(card, input_size)
@@ -163,8 +165,6 @@ def export_onnx(
         core = to_fp16(core)
     wrapped = wrap_network(core, card, (height, width), fold=fold, graph=graph, dynamic_batch=dynamic_batch,
                            opset=opset)
-    from models.backends.registry import model_fingerprint
-
     metadata = {
         "export_version": EXPORT_VERSION,
         "model_id": card.model_id,
@@ -182,6 +182,49 @@ def export_onnx(
     write_bytes_atomically(path, wrapped.SerializeToString())
     log.info("exported %s (%s graph, %s, %dx%d) to %s", card.model_id, graph, precision, width, height, path)
     return path
+
+
+def frames_graph(model: nn.Module, card: ModelCard, size: tuple[int, int], *, precision: str,
+                 options: Mapping[str, object], refresh: bool = False) -> Path:
+    """The frames graph a backend runs (see :func:`models.export.artifacts.backend_artifact`):
+    ``options["onnx_path"]`` checked, or the cache's export, made when missing, stale or ``refresh``."""
+    fingerprint = model_fingerprint(model, card, size)
+    explicit = options.get("onnx_path")
+    if explicit:
+        path = Path(str(explicit)).expanduser()
+        check_frames_file(path, card.model_id, fingerprint, size, precision)
+        return path
+    cache = Path(str(options["cache_dir"])).expanduser() if options.get("cache_dir") else None
+    path = export_path(model, card, size, graph="frames", precision=precision, cache=cache)
+    if refresh or not is_current(path, fingerprint):
+        log.info("exporting %s to %s", card.model_id, path)
+        export_onnx(model, card, path, input_size=size, graph="frames", precision=precision)
+    return path
+
+
+def check_frames_file(path: Path, model_id: str, fingerprint: str, size: tuple[int, int], precision: str) -> None:
+    """ArtifactError unless ``path`` is a frames graph exported from these weights, card, size
+    (width, height) and precision (its ``roadseg.*`` metadata)."""
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file {path}: no such file")
+    try:
+        meta = read_metadata(path)
+    except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
+        raise ArtifactError(f"ONNX file {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    width, height = size
+    if meta.get("graph") != "frames":
+        raise ArtifactError(
+            f"ONNX file {path} is not a roadseg frames graph (graph={meta.get('graph')!r}); export one with "
+            f"`roadseg export --model ... --format onnx --graph frames`"
+        )
+    if meta.get("fingerprint") != fingerprint or meta.get("input_size") != f"{width}x{height}":
+        raise ArtifactError(
+            f"ONNX file {path} was exported from other weights, card or input size "
+            f"({meta.get('model_id')} {meta.get('input_size')}, fingerprint {meta.get('fingerprint')}) "
+            f"than {model_id} {width}x{height} (fingerprint {fingerprint})"
+        )
+    if meta.get("precision", "fp32") != precision:
+        raise ArtifactError(f"ONNX file {path} is {meta.get('precision')}; the backend was asked for {precision}")
 
 
 def is_current(path: Path, fingerprint: str) -> bool:
@@ -231,7 +274,6 @@ def export_tensorrt(
 ) -> Path:
     """Export the model-resolution graph into the cache and build (or find) its TensorRT engine
     with :func:`models.export.tensorrt_build.build_engine`; returns the engine path."""
-    from models.backends.registry import model_fingerprint
     from models.store.zoo import cache_dir
 
     try:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.backends.tensorrt_runtime import resize_nhwc_uint8
 from models.errors import DatasetError
 from models.export.tensorrt_cache import (  # noqa: F401 - re-exported: this module is the TensorRT API callers import
     PRECISIONS,
@@ -94,24 +95,6 @@ def _check_nhwc(dims: list[int], what: str) -> tuple[int | None, int, int]:
     if len(dims) != 4 or dims[3] != 3 or dims[1] <= 0 or dims[2] <= 0:
         raise TensorRTError(f"{what} has shape {dims}; expected (batch, height, width, 3), fixed height and width")
     return (None if dims[0] <= 0 else dims[0]), dims[1], dims[2]
-
-
-# --- preprocessing shared by calibration and the backend ----------------------------------------------------------
-
-
-def resize_nhwc_uint8(batch: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """uint8 NHWC images -> uint8 NHWC at ``size_hw``, on the tensor's device.
-
-    Same filter as the torch backend (bilinear, antialiased, half-pixel
-    centres), then rounded back to uint8 because the graph takes uint8."""
-    import torch
-    import torch.nn.functional as F
-
-    if tuple(batch.shape[1:3]) == tuple(size_hw):
-        return batch.contiguous()
-    x = batch.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def load_calibration_frames(source: str, count: int, size_hw: tuple[int, int]) -> np.ndarray:

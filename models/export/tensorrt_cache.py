@@ -6,7 +6,7 @@ TensorRT version, so all of them are in its name::
     <cache>/engines/<fingerprint>-onnx<graph version>-<gpu slug>-trt<version>-<precision>-b<max batch>.engine
     <cache>/engines/<fingerprint>-onnx<graph version>-trt<version>-int8.calib    INT8 calibration cache
 
-``fingerprint`` is :func:`models.backends.registry.model_fingerprint` (weights,
+``fingerprint`` is :func:`models.export.fingerprint.model_fingerprint` (weights,
 card and input size); ``graph version`` is :data:`models.export.onnx_export.EXPORT_VERSION`,
 so a change to the exported graph is never answered with an engine built from
 the old one. The INT8 calibration cache holds per-tensor scales, which TensorRT
@@ -21,24 +21,31 @@ on CPU-only machines too.
 from __future__ import annotations
 
 import re
-from functools import cache
+from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.store.checkpoint import ModelCard
 
 from models.atomic import write_bytes_atomically
+from models.backends.tensorrt_runtime import (  # noqa: F401 - re-exported with the cache's API
+    SUPPORTED_TRT_MAJOR,
+    TensorRTError,
+    check_trt_version,
+    cuda_gpu_name,
+    import_tensorrt,
+    trt_logger,
+    trt_version,
+)
+from models.errors import ArtifactError
 from models.export.onnx_export import EXPORT_VERSION
 
 PRECISIONS = ("fp32", "fp16", "int8")
-SUPPORTED_TRT_MAJOR = 10  # the API this code is written against (INT8 calibrators and flags changed in 11)
 ENGINE_DIR = "engines"
 ENGINE_SUFFIX = ".engine"
 CALIBRATION_SUFFIX = ".calib"
 _ENGINE_NAME = re.compile(r"^(?P<stem>.+)-b(?P<batch>\d+)\.engine$")
-
-
-class TensorRTError(ValueError):
-    """TensorRT missing, no GPU, an unusable ONNX graph or a failed build; the message says what to do."""
 
 
 # --- names and lookups --------------------------------------------------------------------------------------------
@@ -124,53 +131,39 @@ def check_precision(precision: str) -> None:
         raise TensorRTError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
-# --- environment --------------------------------------------------------------------------------------------------
-
-
-def import_tensorrt() -> ModuleType:
-    """``import tensorrt`` or a TensorRTError saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise TensorRTError(
-            f"TensorRT is not installed ({exc}): install NVIDIA's wheels matching your CUDA, "
-            "e.g. `pip install tensorrt` (TensorRT 10), on a machine with an NVIDIA GPU"
-        ) from exc
-    return tensorrt
-
-
-def trt_version(trt: ModuleType) -> str:
-    return str(getattr(trt, "__version__", "unknown"))
-
-
-def check_trt_version(trt: ModuleType) -> str:
-    """The TensorRT version, or a TensorRTError unless it is the major version this code is written for."""
-    version = trt_version(trt)
-    major = version.split(".", 1)[0]
-    if not major.isdigit() or int(major) != SUPPORTED_TRT_MAJOR:
-        raise TensorRTError(
-            f"TensorRT {version} found; roadseg's TensorRT support is written for TensorRT {SUPPORTED_TRT_MAJOR} "
-            "(INT8 calibrators and precision flags changed in 11)"
-        )
-    return version
-
-
-def cuda_gpu_name() -> str:
-    """The current CUDA device's name, or a TensorRTError when torch sees no GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise TensorRTError("TensorRT needs a CUDA GPU and torch sees none (check the driver, CUDA_VISIBLE_DEVICES)")
-    return str(torch.cuda.get_device_name(torch.cuda.current_device()))
-
-
-@cache
-def trt_logger(trt: ModuleType) -> Any:
-    """One TensorRT logger per process (builder and runtime share it)."""
-    return trt.Logger(trt.Logger.WARNING)
-
-
 def write_atomically(path: Path, data: Any) -> None:
     """TensorRT's IHostMemory and cache buffers, written so a crash mid-write never leaves a
     truncated engine or calibration cache under the real name."""
     write_bytes_atomically(path, data)
+
+
+def engine_for(fingerprint: str, card: ModelCard, size: tuple[int, int], *, precision: str,
+               options: Mapping[str, object]) -> Path:
+    """The engine a TensorRT backend runs (see :func:`models.export.artifacts.backend_artifact`):
+    ``options["engine_path"]``, or the cached one for this GPU and TensorRT with the wanted (or
+    the largest) max batch; ArtifactError with the build command when there is none."""
+    explicit = options.get("engine_path")
+    if explicit:
+        path = Path(str(explicit)).expanduser()
+        if not path.is_file():
+            raise ArtifactError(f"TensorRT engine {path}: no such file")
+        return path
+    if options.get("cache_dir"):
+        cache = Path(str(options["cache_dir"])).expanduser()
+    else:
+        from models.store.zoo import cache_dir
+
+        cache = cache_dir()
+    wanted = options.get("max_batch")
+    try:
+        trt = import_tensorrt()
+        engines = find_engines(cache, fingerprint, cuda_gpu_name(), trt_version(trt), precision)
+    except TensorRTError as exc:
+        raise ArtifactError(str(exc)) from exc
+    if wanted is not None:
+        engines = {b: p for b, p in engines.items() if b == int(str(wanted))}
+    if not engines:
+        hint_name = str(options.get("model_name") or card.model_id)
+        raise ArtifactError(missing_engine_message(hint_name, size, precision,
+                                                   None if wanted is None else int(str(wanted))))
+    return engines[max(engines)]

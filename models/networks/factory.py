@@ -16,9 +16,12 @@ from torch import nn
 
 from models.classes import NUM_CLASSES
 from models.networks import dabnet, espnetv2
-from models.networks.arguments import MAX_CHANNELS, MAX_CLASSES, Arg, ModelConfigError, check_arguments
+from models.networks.arguments import MAX_CHANNELS, MAX_CLASSES, Arg, ModelConfigError, _shown, check_arguments
 
-__all__ = ["FAMILIES", "SMP_ARCHITECTURES", "ModelConfigError", "build_model", "build_smp", "check_model_arguments"]
+__all__ = [
+    "FAMILIES", "SMP_ARCHITECTURES", "TIMM_ENCODERS", "ModelConfigError", "build_model", "build_smp",
+    "check_model_arguments",
+]
 
 # smp architectures by the lower-case name users type.
 SMP_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -72,13 +75,38 @@ _SMP_COMMON = {
 }
 
 
+# timm ("tu-NAME") encoders a card may name. timm holds thousands of models, some with billions of
+# parameters, and cannot tell a model's size without building it, so the bound is a list: real-time-sized
+# families (exact timm names, no ".tag": weights never come from timm), each under MAX_TIMM_ENCODER_PARAMS
+# as an smp encoder (tests/test_card_schema.py builds every one on the meta device to hold the list to it).
+MAX_TIMM_ENCODER_PARAMS = 25_000_000  # resnet50, the largest listed, is 23.5 M as an encoder
+TIMM_ENCODERS = (
+    "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140",
+    "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
+    "mobilenetv3_large_075", "mobilenetv3_large_100", "mobilenetv4_conv_small", "mobilenetv4_conv_medium",
+    "lcnet_050", "lcnet_100", "ghostnet_100", "mnasnet_100", "fbnetc_100",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_lite0",
+    "regnetx_002", "regnetx_004", "regnetx_008", "regnety_002", "regnety_004", "regnety_008", "regnety_016",
+    "resnet18", "resnet18d", "resnet34", "resnet34d", "resnet50", "resnet50d",
+    "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "hrnet_w18_small", "ese_vovnet19b_dw",
+)
+_TIMM_CHOICES = ", ".join(f"tu-{name}" for name in TIMM_ENCODERS)
+
+
 def _check_encoder(encoder: str) -> None:
     if encoder.startswith("tu-"):
-        return  # any timm model; timm itself reports unknown names clearly
+        if encoder.removeprefix("tu-") not in TIMM_ENCODERS:
+            raise ModelConfigError(
+                f"smp argument 'encoder' {_shown(encoder)} is not an allowed timm encoder (a card may name only "
+                f"real-time-sized ones, each under {MAX_TIMM_ENCODER_PARAMS // 1_000_000} M parameters); "
+                f"valid: {_TIMM_CHOICES}"
+            )
+        return
     names = smp.encoders.get_encoder_names()
     if encoder not in names:
         raise ModelConfigError(
-            f"unknown smp encoder {encoder!r}; valid: {', '.join(sorted(names))}, or 'tu-<timm model>'"
+            f"unknown smp encoder {_shown(encoder)}; valid: {', '.join(sorted(names))}, or a timm encoder: "
+            f"{_TIMM_CHOICES}"
         )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from models.backends.common import Device
 from models.networks.factory import FAMILIES, SMP_ARCHITECTURES, ModelConfigError
 from models.training.augment import AugmentConfig
 from models.training.data import DEFAULT_WORKERS
@@ -47,13 +48,14 @@ class TrainConfig:
     kd_weight: float = 0.5
     kd_temperature: float = 2.0
     dice_weight: float = 1.0
-    device: str = "auto"
+    device: Device = Device.AUTO
     amp: bool | None = None  # None: on for CUDA, off on CPU
     val_limit: int | None = None  # None: the whole val split (synthetic: 60 frames)
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", Device(self.device))  # typed once: "cpu" from the CLI or JSON
         if self.data not in DATA_KINDS:
             raise ValueError(f"training data {self.data!r}: valid: {', '.join(DATA_KINDS)}")
         if self.data == "cityscapes" and self.cityscapes is None:

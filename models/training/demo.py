@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from models.backends.common import DEVICE_CHOICES
 from models.store.checkpoint import save_checkpoint
 from models.training.augment import CROP_AND_FLIP_ONLY
 from models.training.config import TrainConfig
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--eval-frames", type=int, default=60)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--out", type=Path, default=Path("models/weights/demo-synthetic.safetensors"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from models.backends.common import DEVICE_CHOICES
 from models.cli_args import size_arg
 from models.store.checkpoint import ModelCard, read_card
 from models.store.registry import UNTRAINED_PREFIX, checkpoint_for, load_model
@@ -87,7 +88,7 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--model-id", help="model_id written into the checkpoints")
     p.add_argument("--out", type=Path, metavar="DIR", help=f"run folder (default {DEFAULT_RUNS_DIR}/<model id>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICE_CHOICES)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 autocast (default: on with CUDA)")
     p.add_argument("--val-limit", type=int, metavar="N", help="validate on the first N val frames")
     p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default 0)")

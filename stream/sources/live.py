@@ -288,8 +288,8 @@ class LiveCaptureSource(FrameSource):
             self._post(generation, "failed", str(exc))
             return
         try:
-            fps = capture.get(cv2.CAP_PROP_FPS)
-            fps = fps if fps and 0 < fps < 1000 else None
+            reported = capture.get(cv2.CAP_PROP_FPS)
+            fps = reported if reported and 0 < reported < 1000 else None
             self._post(generation, "opened", fps)
             self._read_frames(generation, capture, BACKLOG_READ_SHARE * (1 / fps if fps else DEFAULT_PERIOD_S))
         finally:
