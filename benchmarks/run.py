@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--backends", default="torch,onnxruntime")
+    parser.add_argument("--backends", default="torch,onnxruntime,openvino",
+                        help="comma list; one that is not installed or cannot run here is skipped, saying why")
     parser.add_argument("--precisions", default="auto", help="comma list, or auto: fp32 + each backend's fast one")
     parser.add_argument("--sizes", default="", help="WxH list; default the model's native size")
     parser.add_argument("--batches", default="1,8")
@@ -94,7 +95,7 @@ def precisions_for(name: str, device: str, requested: str) -> list[str]:
         return requested.split(",")
     if device == "cuda":
         return ["fp32", "fp16"]
-    return ["fp32", "bf16"] if name.startswith("torch") else ["fp32"]
+    return ["fp32", "bf16"] if name.startswith("torch") or name == "openvino" else ["fp32"]
 
 
 Key = tuple[str, str]  # (backend, precision)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import stream.sources as sources
+from models.backends.common import Precision
 from stream.batcher import BatchConfig
 from stream.config import PipelineConfig
 from stream.pipeline import Pipeline
@@ -50,7 +51,7 @@ class SlowBackend:
 
 
 def config(sources_: tuple[str, ...], **overrides: Any) -> PipelineConfig:
-    base = PipelineConfig(sources=sources_, model="demo", precision="fp32", zmq_address=None, viewer=None,
+    base = PipelineConfig(sources=sources_, model="demo", precision=Precision.FP32, zmq_address=None, viewer=None,
                           stats_interval_s=0, batch=BatchConfig(max_batch=1, max_wait_ms=2))
     return replace(base, **overrides)
 

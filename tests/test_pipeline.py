@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from models.backends.common import Precision
 from models.classes import CLASS_NAMES
 from stream.batcher import BatchConfig
 from stream.config import PipelineConfig
@@ -52,7 +53,7 @@ def independent_mean_iou(truths, preds) -> tuple[float, list[float | None]]:
 
 
 def config(sources: tuple[str, ...], **overrides: Any) -> PipelineConfig:
-    base = PipelineConfig(sources=sources, model="demo", precision="fp32", zmq_address=LOOPBACK_ANY,
+    base = PipelineConfig(sources=sources, model="demo", precision=Precision.FP32, zmq_address=LOOPBACK_ANY,
                           zmq_wait_subscriber_s=30.0, viewer=None, stats_interval_s=0,
                           batch=BatchConfig(max_batch=4, max_wait_ms=2))
     return replace(base, **overrides)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models.backends.common import Precision
 from stream.batcher import BatchConfig
 from stream.config import PipelineConfig
 from stream.pipeline import Pipeline
@@ -39,7 +40,7 @@ def rtsp():
 
 
 def config(*sources: str, **overrides: Any) -> PipelineConfig:
-    base = PipelineConfig(sources=sources, model="demo", precision="fp32", zmq_address=None, viewer=None,
+    base = PipelineConfig(sources=sources, model="demo", precision=Precision.FP32, zmq_address=None, viewer=None,
                           stats_interval_s=0, batch=BatchConfig(max_batch=2, max_wait_ms=2),
                           live=LiveOptions(stall_ms=1000))
     return replace(base, **overrides)

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from models.backends.common import DEVICE_CHOICES
+from models.backends.common import DEVICE_CHOICES, Device
 from models.store.checkpoint import save_checkpoint
 from models.training.augment import CROP_AND_FLIP_ONLY
 from models.training.config import TrainConfig
@@ -42,7 +42,7 @@ def demo_config(steps: int, batch: int, lr: float, eval_frames: int, work_dir: P
     return TrainConfig(
         family="smp", arguments=ARCHITECTURE, data="synthetic", out=work_dir, size=FRAME_SIZE,
         crop=(CROP, CROP), model_id=MODEL_ID, epochs=1, steps_per_epoch=steps, batch=batch, lr=lr,
-        weight_decay=WEIGHT_DECAY, val_limit=eval_frames, device=device, augment=CROP_AND_FLIP_ONLY,
+        weight_decay=WEIGHT_DECAY, val_limit=eval_frames, device=Device(device), augment=CROP_AND_FLIP_ONLY,
     )
 
 
