@@ -5,6 +5,8 @@
 reference subscriber with per-stream health (alive / rate / valid).
 """
 
+from decision_bridge.health import StreamStatus
+from decision_bridge.liveness import StreamEvent, StreamReport, decode_report, encode_report
 from decision_bridge.publisher import MaskPublisher, PublisherError
 from decision_bridge.schema import (
     DEFAULT_ADDRESS,
@@ -22,7 +24,7 @@ from decision_bridge.schema import (
     encode_message,
     topic_for,
 )
-from decision_bridge.subscriber import MaskSubscriber, StreamStatus
+from decision_bridge.subscriber import MaskSubscriber
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -37,10 +39,14 @@ __all__ = [
     "PublisherError",
     "SchemaError",
     "StageTimings",
+    "StreamEvent",
+    "StreamReport",
     "StreamStatus",
     "decode",
+    "decode_report",
     "encode",
     "encode_mask",
     "encode_message",
+    "encode_report",
     "topic_for",
 ]

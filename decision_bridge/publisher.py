@@ -15,7 +15,7 @@ from typing import Self
 
 import zmq
 
-from decision_bridge.schema import DEFAULT_ADDRESS, topic_for
+from decision_bridge.schema import DEFAULT_ADDRESS, LATEST_PREFIX, TOPIC_PREFIX, latest_topic, topic_for
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ SUBSCRIBER_POLL_S = 0.005
 # Bound the work one send() may spend discarding subscription messages, so a burst of
 # (un)subscriptions can never stall the publish path; the rest are read on the next call.
 MAX_SUBSCRIPTIONS_PER_DRAIN = 64
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
 _SUBSCRIBE = 1  # XPUB subscription message: first byte 1 = subscribe, 0 = unsubscribe
 _UNSUBSCRIBE = 0
 
@@ -50,13 +52,16 @@ class MaskPublisher:
         *,
         send_hwm: int = 1000,
         nodrop: bool = False,
+        send_buffer_bytes: int | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.address = address
         self.send_hwm = send_hwm
         self.nodrop = nodrop
+        self.send_buffer_bytes = send_buffer_bytes  # the kernel's socket buffer (SO_SNDBUF); None: the OS default
         self.sent = 0
         self.dropped_hwm = 0
+        self.refused = 0  # sends refused for a full queue (nodrop), retried or not
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self._socket: zmq.Socket | None = None
@@ -79,7 +84,13 @@ class MaskPublisher:
         sock.setsockopt(zmq.LINGER, 0)  # never hang shutdown on a dead subscriber
         sock.setsockopt(zmq.SNDHWM, self.send_hwm)
         sock.setsockopt(zmq.XPUB_NODROP, int(self.nodrop))
+        if self.send_buffer_bytes is not None:
+            sock.setsockopt(zmq.SNDBUF, self.send_buffer_bytes)
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+        # Transport heartbeats: a subscriber that stops answering (frozen, host gone) is disconnected
+        # after the timeout, and its queue (up to send_hwm messages) freed, instead of kept forever.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         try:
             sock.bind(self.address)
         except zmq.ZMQError as exc:
@@ -97,13 +108,15 @@ class MaskPublisher:
             raise PublisherError(f"publisher for {self.address} is not bound")
         return self._bound_address
 
-    def close(self) -> None:
-        """Close the socket (linger 0: unsent messages are dropped). Safe to call twice."""
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket. ``linger_ms``: how long messages still queued may take to reach their
+        subscribers (blocks up to that long when this publisher owns its context); 0 drops them.
+        Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close(linger=linger_ms)
             self._socket = None
         if self._own_context:
             self._context.term()
@@ -125,16 +138,16 @@ class MaskPublisher:
         return dict(self._subscriptions)
 
     def subscriber_count(self, stream_id: str | None = None) -> int:
-        """Subscriptions that receive ``stream_id``'s topic (any topic when None).
+        """Subscriptions that receive ``stream_id``'s masks (any stream's when None), in either form.
 
-        Equals the number of subscribers as long as each subscribes to one prefix, as
-        :class:`~decision_bridge.subscriber.MaskSubscriber` does per stream.
+        Equals the number of mask subscribers as long as each subscribes to one mask prefix, as
+        :class:`~decision_bridge.subscriber.MaskSubscriber` does per stream (its status and
+        end-of-stream subscriptions are not counted).
         """
         self._drain_subscriptions(limit=None)
-        if stream_id is None:
-            return sum(self._subscriptions.values())
-        topic = topic_for(stream_id)
-        return sum(n for prefix, n in self._subscriptions.items() if topic.startswith(prefix))
+        topics = (TOPIC_PREFIX, LATEST_PREFIX) if stream_id is None else (topic_for(stream_id), latest_topic(stream_id))
+        return sum(n for prefix, n in self._subscriptions.items()
+                   if any(t.startswith(prefix) or (stream_id is None and prefix.startswith(t)) for t in topics))
 
     def has_subscriber(self, stream_id: str | None = None) -> bool:
         return self.subscriber_count(stream_id) > 0
@@ -175,8 +188,9 @@ class MaskPublisher:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, parts: list[bytes]) -> bool:
-        """Queue one multipart message without blocking; False if it was dropped (HWM)."""
+    def send(self, parts: list[bytes], *, count_drop: bool = True) -> bool:
+        """Queue one multipart message without blocking; False if it was dropped (HWM).
+        ``count_drop=False``: the caller will retry (lossless delivery), so a refusal is not a loss."""
         sock = self._require_socket()
         self._drain_subscriptions()
         try:
@@ -184,7 +198,8 @@ class MaskPublisher:
         except zmq.Again:
             # Only reachable with nodrop=True. libzmq checks the HWM on the first frame and
             # counts only complete messages, so a refused message was not partially sent.
-            self.dropped_hwm += 1
+            self.refused += 1
+            self.dropped_hwm += int(count_drop)
             return False
         except zmq.ZMQError as exc:
             raise PublisherError(f"send on {self._bound_address} failed: {_explain(exc)}") from exc

@@ -16,7 +16,6 @@ encoding bumps ``version``; decoders reject versions they were not written for.
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from decision_bridge.wire import (  # noqa: F401 - SchemaError and the limits are this module's API too
+    INT64_MAX,
+    INT64_MIN,
+    MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
+    SchemaError,
+    _check_scalars,
+    _frame_bytes,
+    _load_json,
+    _take,
+    _take_list,
+    _take_optional,
+    check_schema,
+)
 from models.classes import CLASS_NAMES, NUM_CLASSES
 
 SCHEMA_NAME = "roadseg.mask"
@@ -40,13 +53,8 @@ ZLIB_LEVEL = 1
 # Refuse absurd sizes before allocating: a corrupt or hostile header must not make a
 # subscriber inflate gigabytes. 16384 px is well beyond any automotive camera.
 MAX_SIDE = 16384
-MAX_HEADER_BYTES = 64 * 1024
 # Mask pixels are uint8 category ids, so a class table can never be longer than this.
 MAX_CLASSES = 256
-
-
-class SchemaError(ValueError):
-    """A message (or a value about to become one) violates the ``roadseg.mask`` schema."""
 
 
 class Encoding(StrEnum):
@@ -99,6 +107,8 @@ class MaskHeader:
     max_age_ms: float | None = None  # the staleness budget that applies to this stream; None: none (replay)
     stream_state: str = "live"  # connecting | live | stalled | reconnecting | ended | failed
     reconnects: int = 0  # times this stream was re-opened after a loss, so far
+    run_id: str = ""  # random per publisher run: a new value means the publisher restarted
+    media_ns: int | None = None  # the source's own timestamp of the frame (media position, RTSP pts)
 
     @property
     def latency_ms(self) -> float:
@@ -186,6 +196,8 @@ def header_to_json(header: MaskHeader) -> dict[str, Any]:
         "max_age_ms": header.max_age_ms,
         "stream_state": header.stream_state,
         "reconnects": header.reconnects,
+        "run_id": header.run_id,
+        "media_ns": header.media_ns,
     }
 
 
@@ -193,41 +205,30 @@ def header_to_json(header: MaskHeader) -> dict[str, Any]:
 
 
 def decode(parts: Sequence[bytes]) -> MaskMessage:
-    """Three received frames -> :class:`MaskMessage`; :class:`SchemaError` says what is wrong."""
-    if len(parts) != MESSAGE_PARTS:
-        raise SchemaError(
-            f"expected {MESSAGE_PARTS} message parts [topic, header, payload], got {len(parts)}"
-        )
-    topic, raw_header, payload = (bytes(p) for p in parts)
+    """Three received frames -> :class:`MaskMessage`; :class:`SchemaError` says what is wrong.
+
+    Any input (any byte sequence in any frame, any number of frames) either decodes or
+    raises :class:`SchemaError`; never another exception, so one hostile or corrupt message
+    cannot take a subscriber down.
+    """
+    try:
+        count = len(parts)
+    except TypeError:
+        raise SchemaError(f"message parts must be a sequence of frames, got {type(parts).__name__}") from None
+    if count != MESSAGE_PARTS:
+        raise SchemaError(f"expected {MESSAGE_PARTS} message parts [topic, header, payload], got {count}")
+    topic, raw_header, payload = (_frame_bytes(i, p) for i, p in enumerate(parts))
     if not topic.startswith(TOPIC_PREFIX):
         raise SchemaError(f"topic {topic[:64]!r} does not start with {TOPIC_PREFIX!r}")
     header = header_from_json(_load_json(raw_header))
     if topic != topic_for(header.stream_id):
-        raise SchemaError(f"topic {topic[:64]!r} does not match stream_id {header.stream_id!r}")
+        raise SchemaError(f"topic {topic[:64]!r} does not match stream_id {header.stream_id!r:.80}")
     return MaskMessage(header, _decode_payload(header, payload))
-
-
-def _load_json(raw: bytes) -> Mapping[str, Any]:
-    if len(raw) > MAX_HEADER_BYTES:
-        raise SchemaError(f"header is {len(raw)} bytes, limit {MAX_HEADER_BYTES}")
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SchemaError(f"header is not valid UTF-8 JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise SchemaError(f"header must be a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def header_from_json(obj: Mapping[str, Any]) -> MaskHeader:
     """Validate a parsed header object; unknown keys are ignored (forward compatibility)."""
-    schema = _take(obj, "schema", str)
-    if schema != SCHEMA_NAME:
-        raise SchemaError(f"wrong schema {schema!r}, expected {SCHEMA_NAME!r}")
-    version = _take(obj, "version", int)
-    if version not in SUPPORTED_VERSIONS:
-        supported = ", ".join(map(str, SUPPORTED_VERSIONS))
-        raise SchemaError(f"unsupported schema version {version} (this decoder supports: {supported})")
+    check_schema(obj, SCHEMA_NAME, SUPPORTED_VERSIONS)
     encoding = _take(obj, "encoding", str)
     try:
         enc = Encoding(encoding)
@@ -257,6 +258,8 @@ def header_from_json(obj: Mapping[str, Any]) -> MaskHeader:
         max_age_ms=_take_optional(obj, "max_age_ms", float, None),
         stream_state=_take_optional(obj, "stream_state", str, "live"),
         reconnects=_take_optional(obj, "reconnects", int, 0),
+        run_id=_take_optional(obj, "run_id", str, ""),
+        media_ns=_take_optional(obj, "media_ns", int, None),
     )
     _check_header(header)
     return header
@@ -278,47 +281,6 @@ def _iou_from_json(obj: Mapping[str, Any] | None) -> IoUReport | None:
     return IoUReport(tuple(per_class), _take(obj, "mean", float, nullable=True, where="iou."))
 
 
-_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "array"}
-
-
-def _is(value: Any, kind: type) -> bool:
-    # JSON true/false arrive as Python bool, a subclass of int: never accept them as numbers.
-    if isinstance(value, bool):
-        return kind is bool
-    if kind is float:
-        return isinstance(value, (int, float)) and math.isfinite(value)
-    return isinstance(value, kind)
-
-
-def _take(obj: Mapping[str, Any], name: str, kind: type, *, nullable: bool = False, where: str = "") -> Any:
-    if name not in obj:
-        raise SchemaError(f"missing field {where}{name}")
-    value = obj[name]
-    if value is None and nullable:
-        return None
-    if not _is(value, kind):
-        expected = _TYPE_NAMES[kind] + (" or null" if nullable else "")
-        raise SchemaError(f"field {where}{name} must be {expected}, got {value!r:.40}")
-    return float(value) if kind is float else value
-
-
-def _take_optional(obj: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
-    """A key added within a version: older publishers omit it, so absent (or null) means ``default``."""
-    if obj.get(name) is None:
-        return default
-    return _take(obj, name, kind)
-
-
-def _take_list(
-    obj: Mapping[str, Any], name: str, kind: type, *, nullable: bool = False, where: str = ""
-) -> list[Any]:
-    items = _take(obj, name, list, where=where)
-    for i, item in enumerate(items):
-        if not (nullable and item is None) and not _is(item, kind):
-            raise SchemaError(f"field {where}{name}[{i}] must be {_TYPE_NAMES[kind]}, got {item!r:.40}")
-    return [float(x) if kind is float and x is not None else x for x in items]
-
-
 def _check_size(height: int, width: int) -> None:
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise SchemaError(f"mask size {height}x{width} out of range (1..{MAX_SIDE} per side)")
@@ -326,6 +288,7 @@ def _check_size(height: int, width: int) -> None:
 
 def _check_header(h: MaskHeader) -> None:
     """Invariants checked on both sides, so a publisher cannot send what subscribers reject."""
+    _check_scalars(h, "")
     if not h.stream_id:
         raise SchemaError("field stream_id must not be empty")
     _check_size(h.height, h.width)
@@ -373,3 +336,41 @@ def _inflate(payload: bytes, expected: int) -> bytes:
     if inflater.unused_data:
         raise SchemaError(f"u8-zlib payload has {len(inflater.unused_data)} trailing bytes after the stream")
     return data
+
+
+# --------------------------------------------------------------------------- single-frame form
+# The same message as ONE ZeroMQ frame, for subscribers that want ZMQ_CONFLATE (which keeps only
+# the newest message per socket but breaks multipart messages):
+#     b"latest/" + stream_id + b"\0" + 4-byte big-endian header length + header JSON + payload
+
+LATEST_PREFIX = b"latest/"
+_LENGTH_BYTES = 4
+
+
+def latest_topic(stream_id: str) -> bytes:
+    return LATEST_PREFIX + stream_id.encode("utf-8")
+
+
+def to_single_frame(parts: Sequence[bytes]) -> bytes:
+    """The three frames from :func:`encode` as one ``latest/`` frame."""
+    topic, header, payload = parts
+    stream_id = bytes(topic)[len(TOPIC_PREFIX):]
+    if b"\0" in stream_id:
+        raise SchemaError("stream_id must not contain NUL for the single-frame form")
+    return LATEST_PREFIX + stream_id + b"\0" + len(header).to_bytes(_LENGTH_BYTES, "big") + header + payload
+
+
+def decode_single_frame(frame: bytes) -> MaskMessage:
+    """One ``latest/`` frame -> :class:`MaskMessage` (the same checks as :func:`decode`)."""
+    frame = bytes(frame)
+    if not frame.startswith(LATEST_PREFIX):
+        raise SchemaError(f"single-frame message does not start with {LATEST_PREFIX!r}")
+    end = frame.find(b"\0", len(LATEST_PREFIX))
+    if end < 0 or len(frame) < end + 1 + _LENGTH_BYTES:
+        raise SchemaError("single-frame message is truncated before its header")
+    start = end + 1 + _LENGTH_BYTES
+    length = int.from_bytes(frame[end + 1:start], "big")
+    if length > MAX_HEADER_BYTES or len(frame) < start + length:
+        raise SchemaError(f"single-frame message: header length {length} is out of range")
+    topic = TOPIC_PREFIX + frame[len(LATEST_PREFIX):end]
+    return decode([topic, frame[start:start + length], frame[start + length:]])

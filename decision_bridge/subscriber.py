@@ -14,18 +14,25 @@ import argparse
 import logging
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Self
 
 import numpy as np
 import zmq
 
+from decision_bridge.health import NS_PER_S, StreamHealth, StreamStatus
+from decision_bridge.liveness import (
+    EOS_PREFIX,
+    STATUS_PREFIX,
+    StreamEvent,
+    StreamReport,
+    decode_report,
+    is_stream_topic,
+    stream_topic,
+)
 from decision_bridge.schema import (
     DEFAULT_ADDRESS,
     TOPIC_PREFIX,
-    MaskHeader,
     MaskMessage,
     SchemaError,
     decode,
@@ -34,62 +41,16 @@ from decision_bridge.schema import (
 
 log = logging.getLogger(__name__)
 
-NS_PER_S = 1_000_000_000
-# Rate is measured over this many most recent arrivals: ~1 s at 30 Hz, long enough to be
-# stable and short enough to react to a slowing publisher within a second.
-RATE_WINDOW_MESSAGES = 30
 # Rejections are logged for the first few, then sampled, so a broken publisher at 30 Hz
 # cannot flood the planner's log.
 LOG_FIRST_REJECTIONS = 10
 LOG_EVERY_NTH_REJECTION = 100
 DEFAULT_RCV_HWM = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStatus:
-    """Health of one stream as seen by this subscriber, at the time of the call."""
-
-    alive: bool  # a message arrived within alive_timeout_s
-    rate_hz: float  # over the last RATE_WINDOW_MESSAGES arrivals (0.0 with fewer than 2)
-    valid: bool  # alive AND last header valid AND (rate >= min_rate_hz, when set)
-    last_seq: int  # -1 if nothing received yet
-    gaps: int  # seq jumps seen (each jump = one or more frames this subscriber never saw)
-    age_ms: float  # since the last message arrived here (inf if none)
-    missed: int = 0  # frames never seen: the sum of all jump sizes
-    dropped_upstream: int = 0  # of those, declared dropped by the publisher (dropped_before)
-
-
-@dataclass(slots=True)
-class _StreamState:
-    last_seq: int = -1
-    last_rx_ns: int = 0
-    last_valid: bool = False
-    gaps: int = 0
-    missed: int = 0
-    dropped_upstream: int = 0
-    arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW_MESSAGES))
-
-    def update(self, header: MaskHeader, now_ns: int) -> None:
-        if self.last_seq >= 0:
-            jump = header.seq - self.last_seq - 1
-            if jump > 0:
-                self.gaps += 1
-                self.missed += jump
-                self.dropped_upstream += min(header.dropped_before, jump)
-            elif jump < 0:
-                # seq went backwards: the publisher restarted. Not a loss; start over.
-                log.info("stream %s restarted (seq %d after %d)", header.stream_id, header.seq, self.last_seq)
-                self.arrivals.clear()
-        self.last_seq = header.seq
-        self.last_rx_ns = now_ns
-        self.last_valid = header.valid
-        self.arrivals.append(now_ns)
-
-    def rate_hz(self) -> float:
-        if len(self.arrivals) < 2:
-            return 0.0
-        span_ns = self.arrivals[-1] - self.arrivals[0]
-        return (len(self.arrivals) - 1) * NS_PER_S / span_ns if span_ns > 0 else 0.0
+DEFAULT_ALIVE_TIMEOUT_S = 0.5  # until a status message announces the publisher's own period
+# ZeroMQ transport heartbeats (ZMTP PING/PONG): a connection whose peer stops answering (host gone,
+# cable pulled, process frozen) is closed after the timeout and re-dialled, instead of waiting forever.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
 
 
 class MaskSubscriber:
@@ -100,7 +61,7 @@ class MaskSubscriber:
         address: str = DEFAULT_ADDRESS,
         streams: Iterable[str] | None = None,
         *,
-        alive_timeout_s: float = 0.5,
+        alive_timeout_s: float = DEFAULT_ALIVE_TIMEOUT_S,
         min_rate_hz: float | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         rcv_hwm: int = DEFAULT_RCV_HWM,
@@ -118,7 +79,8 @@ class MaskSubscriber:
         self._context = context if context is not None else zmq.Context()
         self._socket: zmq.Socket | None = None
         self._poller = zmq.Poller()
-        self._state: dict[str, _StreamState] = {}
+        self._state: dict[str, StreamHealth] = {}
+        self.reports = 0  # status and end-of-stream messages received
         self._closed = False
 
     def connect(self) -> None:
@@ -128,14 +90,23 @@ class MaskSubscriber:
         sock = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self._rcv_hwm)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         # Prefix filtering: "mask/cam" also matches "mask/cam2", so recv() re-checks the
         # decoded stream_id exactly. No CONFLATE: it breaks multipart messages.
-        topics = [TOPIC_PREFIX] if self.streams is None else [topic_for(s) for s in sorted(self.streams)]
-        for topic in topics:
+        for topic in self._topics():
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         sock.connect(self.address)
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)
+
+    def _topics(self) -> list[bytes]:
+        """Masks, status and end of stream: of every stream, or of each one asked for."""
+        if self.streams is None:
+            return [TOPIC_PREFIX, STATUS_PREFIX, EOS_PREFIX]
+        return [topic(s) for s in sorted(self.streams)
+                for topic in (topic_for, lambda sid: stream_topic(StreamEvent.STATUS, sid),
+                              lambda sid: stream_topic(StreamEvent.EOS, sid))]
 
     def close(self) -> None:
         """Close the socket (linger 0). Safe to call twice."""
@@ -179,21 +150,48 @@ class MaskSubscriber:
                 return None
 
     def _accept(self, parts: Sequence[bytes]) -> MaskMessage | None:
+        """A mask to hand out, or None: a status or end of stream (health updated), a message of
+        another stream (prefix match), or a malformed one (counted in ``rejected``, skipped)."""
         try:
+            if parts and is_stream_topic(bytes(parts[0])):
+                self._on_report(decode_report(parts))
+                return None
             message = decode(parts)
         except SchemaError as exc:
             self.rejected += 1
             if self.rejected <= LOG_FIRST_REJECTIONS or self.rejected % LOG_EVERY_NTH_REJECTION == 0:
-                log.warning(
-                    "rejected malformed mask message #%d from %s: %s", self.rejected, self.address, exc
+                log.warning("rejected malformed message #%d from %s: %s", self.rejected, self.address, exc)
+            return None
+        except Exception as exc:
+            # Defence in depth: the decoders promise SchemaError for ANY input (fuzz-tested), so
+            # this is a decoder bug. One message must still not take down the planner's receive
+            # loop: count and skip it like any malformed message, but log it as an error with its
+            # traceback. Exception, not BaseException: KeyboardInterrupt/SystemExit still stop
+            # the loop. MemoryError is included on purpose: it can only come from this one
+            # message's allocations, which are released when it is skipped.
+            self.rejected += 1
+            if self.rejected <= LOG_FIRST_REJECTIONS or self.rejected % LOG_EVERY_NTH_REJECTION == 0:
+                log.error(
+                    "rejected message #%d from %s: decoder bug, %s instead of SchemaError: %s",
+                    self.rejected,
+                    self.address,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
                 )
             return None
         stream_id = message.header.stream_id
         if self.streams is not None and stream_id not in self.streams:
             return None  # matched our topic prefix only (e.g. cam2 for cam): not ours
         self.received += 1
-        self._state.setdefault(stream_id, _StreamState()).update(message.header, self._clock())
+        self._state.setdefault(stream_id, StreamHealth()).on_mask(message.header, self._clock())
         return message
+
+    def _on_report(self, report: StreamReport) -> None:
+        if self.streams is not None and report.stream_id not in self.streams:
+            return
+        self.reports += 1
+        self._state.setdefault(report.stream_id, StreamHealth()).on_report(report, self._clock())
 
     # ------------------------------------------------------------------ health
 
@@ -201,23 +199,31 @@ class MaskSubscriber:
         return sorted(self._state)
 
     def status(self, stream_id: str) -> StreamStatus:
+        """Health of ``stream_id`` now (on this subscriber's clock); see :class:`StreamStatus`."""
         state = self._state.get(stream_id)
         if state is None:
             return StreamStatus(False, 0.0, False, -1, 0, float("inf"))
-        age_ns = self._clock() - state.last_rx_ns
-        alive = age_ns <= self.alive_timeout_ns
-        rate = state.rate_hz()
-        rate_ok = self.min_rate_hz is None or rate >= self.min_rate_hz
-        return StreamStatus(
-            alive=alive,
-            rate_hz=rate,
-            valid=alive and state.last_valid and rate_ok,
-            last_seq=state.last_seq,
-            gaps=state.gaps,
-            age_ms=age_ns / 1e6,
-            missed=state.missed,
-            dropped_upstream=state.dropped_upstream,
-        )
+        return state.status(self._clock(), alive_timeout_ns=self.alive_timeout_ns, min_rate_hz=self.min_rate_hz)
+
+    def newest(self, timeout_s: float = 0.0) -> dict[str, MaskMessage]:
+        """Latest-only use (a control loop): drain everything queued and keep each stream's newest
+        mask; health still sees every message. Pair it with a small ``rcv_hwm`` and a publisher in
+        ``--zmq-mode latest``, so little that is old is ever queued."""
+        return {message.header.stream_id: message for message in self.poll(timeout_s)}
+
+    def poll(self, timeout_s: float = 0.0) -> list[MaskMessage]:
+        """Everything queued now (waiting up to ``timeout_s`` for the first message): the masks in
+        order; status and end-of-stream messages only update :meth:`status`. Call it often enough
+        that health is current; a planner that only wants the newest mask takes the last one."""
+        sock = self._require_socket()
+        out: list[MaskMessage] = []
+        wait_ms: int | None = int(timeout_s * 1000)
+        while self._poller.poll(wait_ms):
+            message = self._accept(sock.recv_multipart(zmq.NOBLOCK))
+            if message is not None:
+                out.append(message)
+            wait_ms = 0
+        return out
 
     def _require_socket(self) -> zmq.Socket:
         if self._socket is None:

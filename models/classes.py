@@ -97,14 +97,42 @@ TRAIN_ID_TO_CATEGORY = np.array(
 TRAIN_ID_TO_CATEGORY.setflags(write=False)
 
 
+# Output layers a model may offer beside the category mask (its card's ``layers``; see
+# models.networks.factory.family_layers). "road": the drivable-road layer, road told apart from the
+# rest of flat (sidewalk; parking is not among the 19 classes), from a model with a Cityscapes road class.
+ROAD_LAYER = "road"
+LAYERS: tuple[str, ...] = (ROAD_LAYER,)
+ROAD_LABEL_ID = 7  # Cityscapes labelId of road (trainId 0)
+ROAD_TRAIN_ID = 0
+
+# Road truth over all 256 uint8 labelIds: 1 road, 0 any other scored label, IGNORE where Cityscapes
+# scores no class (every labelId with ignoreInEval: the void labels 0..6 and IGNORED_IN_EVAL, parking
+# included, and ids it does not define). The same pixels its road class IoU leaves out.
+LABEL_ID_TO_ROAD = np.full(256, IGNORE, dtype=np.uint8)
+for _label_id, _category in _LABEL_ID_CATEGORY.items():
+    if _category != Category.VOID and _label_id not in IGNORED_IN_EVAL:
+        LABEL_ID_TO_ROAD[_label_id] = int(_label_id == ROAD_LABEL_ID)
+LABEL_ID_TO_ROAD.setflags(write=False)
+
+
+def _as_uint8_label_ids(label_ids: np.ndarray) -> np.ndarray:
+    if label_ids.dtype != np.uint8:
+        # Negative ids (license plate, -1) and anything >255 are void by definition.
+        label_ids = np.where((label_ids < 0) | (label_ids > 255), 0, label_ids).astype(np.uint8)
+    return label_ids
+
+
+def label_ids_to_road(label_ids: np.ndarray) -> np.ndarray:
+    """Map a Cityscapes ``labelIds`` image to road truth (uint8): 1 road, 0 not road, :data:`IGNORE`
+    where the Cityscapes road IoU counts nothing (:data:`LABEL_ID_TO_ROAD`)."""
+    return LABEL_ID_TO_ROAD[_as_uint8_label_ids(label_ids)]
+
+
 def label_ids_to_categories(label_ids: np.ndarray) -> np.ndarray:
     """Map a Cityscapes ``labelIds`` image (any int dtype) to category ids (uint8), with
     :data:`IGNORE` for the :data:`IGNORED_IN_EVAL` labels. The one place truth is folded:
     eval, the live pipeline's IoU and training all read Cityscapes truth through it."""
-    if label_ids.dtype != np.uint8:
-        # Negative ids (license plate, -1) and anything >255 are void by definition.
-        label_ids = np.where((label_ids < 0) | (label_ids > 255), 0, label_ids).astype(np.uint8)
-    return LABEL_ID_TO_CATEGORY[label_ids]
+    return LABEL_ID_TO_CATEGORY[_as_uint8_label_ids(label_ids)]
 
 
 # PALETTE over all 256 uint8 values: IGNORE (and any other non-category id) draws as void.

@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from models.cli_args import positive_float, size_arg
+from models.cli_args import int_at_least, positive_float, size_arg
 from stream.batcher import BatchConfig
 from stream.config import DEFAULT_MAX_AGE_MS, DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
+from stream.delivery import DeliveryMode
 from stream.sources.base import ReplayMode
 from stream.sources.cameras import RtspTransport
 from stream.sources.limits import DEFAULT_MAX_FRAME_SIZE, FrameLimits, OversizePolicy
@@ -68,6 +69,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--zmq", type=_zmq, default=DEFAULT_ZMQ_ADDRESS, metavar="ADDR|off",
                    help=f"ZeroMQ publish address (default {DEFAULT_ZMQ_ADDRESS})")
+    p.add_argument("--zmq-mode", choices=[m.value for m in DeliveryMode], default=DeliveryMode.PUB.value,
+                   help="pub: every mask, a slow subscriber loses messages alone (default); latest: the newest "
+                        "mask, old ones dropped for slow subscribers, plus a single-frame form for CONFLATE; "
+                        "lossless: every mask in order, the pipeline waits for the slowest subscriber")
+    p.add_argument("--zmq-subscribers", type=int_at_least(1), default=1, metavar="N",
+                   help="--zmq-wait waits for this many subscribers (default 1)")
     p.add_argument("--zmq-wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for a subscriber before the first frame")
     p.add_argument("--viewer", type=_viewer, default=DEFAULT_VIEWER, metavar="HOST:PORT|off",
@@ -143,7 +150,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     demo = args.command == "demo"
     common: dict[str, Any] = dict(
         backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
-        zmq_wait_subscriber_s=args.zmq_wait, viewer=args.viewer, realtime=args.realtime,
+        zmq_wait_subscriber_s=args.zmq_wait, zmq_subscribers=args.zmq_subscribers,
+        zmq_mode=DeliveryMode(args.zmq_mode), viewer=args.viewer, realtime=args.realtime,
         replay_rate=args.rate,
         # No --max-batch: chosen once the backend says which device it runs on (no torch import here).
         batch=BatchConfig(max_batch=args.max_batch or 1, max_wait_ms=args.max_wait_ms),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from models.backends.common import Device, Precision
 from stream.batcher import BatchConfig
+from stream.delivery import DeliveryMode
 from stream.sources.base import ReplayMode
 from stream.sources.cameras import RtspTransport
 from stream.sources.limits import FrameLimits
@@ -29,7 +30,9 @@ class PipelineConfig:
     precision: Precision = Precision.AUTO
     input_size: tuple[int, int] | None = None  # (width, height); None: the model's native size
     zmq_address: str | None = DEFAULT_ZMQ_ADDRESS  # None: do not publish
-    zmq_wait_subscriber_s: float = 0.0  # replay: wait this long for a subscriber before frame 0
+    zmq_wait_subscriber_s: float = 0.0  # replay: wait this long for subscribers before frame 0
+    zmq_subscribers: int = 1  # how many subscribers zmq_wait_subscriber_s waits for
+    zmq_mode: DeliveryMode = DeliveryMode.PUB
     zmq_fallback: bool = False  # demo: if the address is in use, publish on a free port instead
     mask_encoding: str = "u8-zlib"
     viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
@@ -63,6 +66,9 @@ class PipelineConfig:
         # Typed once here, so a bad value fails at configuration and not when the model loads.
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "zmq_mode", DeliveryMode(self.zmq_mode))
+        if self.zmq_subscribers < 1:
+            raise ValueError(f"zmq_subscribers must be >= 1, got {self.zmq_subscribers}")
         if not self.max_age_ms > 0:
             raise ValueError(f"max_age_ms must be > 0, got {self.max_age_ms}")
 

@@ -31,6 +31,9 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 RGB
     truth: np.ndarray | None = None  # HxW uint8 category ids (models.classes.Category)
     name: str = ""  # where it came from (file name, frame index) for error messages and logs
+    # The source's own timestamp of this frame, ns: a recording's media position, an RTSP stream's
+    # presentation time. On the source's clock, not ours (None where the source has none).
+    media_ns: int | None = None
 
     def __post_init__(self) -> None:
         image = self.image

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from decision_bridge.publisher import MaskPublisher, PublisherError
+from stream.delivery import DeliveryMode, publisher_for
 from web_viewer.app import ViewerError, ViewerServer
 from web_viewer.hub import ViewerHub
 
@@ -18,15 +19,15 @@ log = logging.getLogger(__name__)
 ADDRESS_IN_USE = "in use"  # how both bind errors say it
 
 
-def bind_publisher(address: str, *, fallback: bool) -> MaskPublisher:
-    publisher = MaskPublisher(address)
+def bind_publisher(address: str, *, fallback: bool, mode: DeliveryMode = DeliveryMode.PUB) -> MaskPublisher:
+    publisher = publisher_for(address, mode)
     try:
         publisher.bind()
     except PublisherError as exc:
         if not fallback or ADDRESS_IN_USE not in str(exc):
             raise
         publisher.close()
-        publisher = MaskPublisher(address.rsplit(":", 1)[0] + ":0")
+        publisher = publisher_for(address.rsplit(":", 1)[0] + ":0", mode)
         publisher.bind()
         log.warning("%s is in use; publishing on %s instead", address, publisher.bound_address)
     log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)",

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,15 +30,17 @@ from stream.batcher import AllStreamsEnded, Batcher
 from stream.clock import MONOTONIC, Clock
 from stream.config import PipelineConfig
 from stream.daemon_executor import DaemonThreadExecutor
+from stream.delivery import deliver
 from stream.frame import Frame
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
+from stream.liveness import StatusBeacon
 from stream.outputs import bind_publisher, start_viewer
 from stream.queues import DROP_CAUSE_QUEUE_FULL, BoundedQueue, DropPolicy, QueueClosed
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.sources.live import DROP_CAUSE_SUPERSEDED
-from stream.stages import Encoded, Inferred, encode_result, make_header, validity
-from stream.telemetry import FrameRecord, Telemetry
+from stream.stages import Encoded, Inferred, encode_result, frame_record, make_header, validity, viewer_info
+from stream.telemetry import Telemetry
 from stream.void_mask import parse_void_masks
 from web_viewer.app import ViewerServer
 from web_viewer.hub import ViewerHub
@@ -47,6 +50,8 @@ T = TypeVar("T")
 BackendFactory = Callable[[], InferenceBackend]
 DROP_CAUSE_SHUTDOWN = "shutdown"  # read, then the stop came before it could be queued
 DROP_CAUSE_ABORTED = "aborted"  # queued when a forced stop (second Ctrl-C) came
+# At shutdown the last masks and the end-of-stream messages still queued get this long to reach subscribers.
+FLUSH_LINGER_MS = 500
 FAILURE_LOG_EVERY = 100  # a backend failing on every frame logs once, then every this many
 
 
@@ -77,6 +82,9 @@ class Pipeline:
         self._streams: dict[str, tuple[FrameSource, BoundedQueue[Frame]]] = {}  # by stream id
         self._results: BoundedQueue[Inferred] = BoundedQueue("results", config.result_depth, DropPolicy.BLOCK)
         self._publisher: MaskPublisher | None = None
+        self.run_id = secrets.token_hex(8)  # in every message: subscribers tell a restart from a gap
+        self._beacon: StatusBeacon | None = None
+        self._beacon_task: asyncio.Task[None] | None = None
         self._hub: ViewerHub | None = None
         self._viewer: ViewerServer | None = None
         self._pumps: list[asyncio.Task[None]] = []
@@ -148,9 +156,10 @@ class Pipeline:
         for source in self._sources:
             await source.start()
         if self._publisher and self.config.zmq_wait_subscriber_s > 0:
+            wanted = self.config.zmq_subscribers
             joined = await self._unless_stopped(
-                self._publisher.wait_for_subscriber(self.config.zmq_wait_subscriber_s))
-            log.info("subscriber %s", "joined" if joined else "did not join in time; publishing anyway")
+                self._publisher.wait_for_subscriber(self.config.zmq_wait_subscriber_s, count=wanted))
+            log.info("%d subscriber(s) %s", wanted, "joined" if joined else "did not join in time; publishing anyway")
 
     async def _open_sources(self) -> None:
         config = self.config
@@ -171,8 +180,13 @@ class Pipeline:
 
     def _bind_publisher(self) -> None:
         if self.config.zmq_address:
-            self._publisher = bind_publisher(self.config.zmq_address, fallback=self.config.zmq_fallback)
+            self._publisher = bind_publisher(self.config.zmq_address, fallback=self.config.zmq_fallback,
+                                             mode=self.config.zmq_mode)
             self.zmq_address = self._publisher.bound_address
+            # Status flows from here on, through model loading: a subscriber sees "connecting", not silence.
+            self._beacon = StatusBeacon(self._publisher, self.run_id, self.stream_status, self._clock,
+                                        max_age_ms=self.config.max_age_ms)
+            self._beacon_task = asyncio.create_task(self._beacon.run(), name="status")
 
     async def _start_viewer(self) -> None:
         if self.config.viewer:
@@ -225,8 +239,7 @@ class Pipeline:
         if self._hub:
             await self._hub.close()
         if self._publisher:
-            self.ledger.zmq_hwm = self._publisher.dropped_hwm
-            self._publisher.close()
+            await self._close_publisher(self._publisher)
         # A model still loading (stop during start-up) or a forced stop is not waited for.
         if self._backend is not None and not self._aborted:
             with contextlib.suppress(Exception):  # on its own thread: CUDA contexts are per thread
@@ -234,6 +247,17 @@ class Pipeline:
         self._infer_pool.shutdown(wait=self._model_ready and not self._aborted)
         self._post_pool.shutdown(wait=not self._aborted)
         self._decode_pool.shutdown(wait=not self._aborted)
+
+    async def _close_publisher(self, publisher: MaskPublisher) -> None:
+        """End of stream for every stream after its last mask, then close; the linger lets both reach
+        subscribers that keep up (a dead one costs at most the linger), off the event loop."""
+        if self._beacon_task is not None:
+            self._beacon_task.cancel()
+            await asyncio.gather(self._beacon_task, return_exceptions=True)
+        if self._beacon is not None and not self._aborted:
+            await self._beacon.finish()
+        self.ledger.zmq_hwm = publisher.dropped_hwm
+        await self._in(self._post_pool, publisher.close, 0 if self._aborted else FLUSH_LINGER_MS)
 
     # ------------------------------------------------------------------ status
 
@@ -252,9 +276,17 @@ class Pipeline:
                 "frames_in": source.frames_read,
                 "dropped": dict(drops),
                 "unaccounted": source.frames_read - published - sum(drops.values()) - self._in_flight(source),
+                "published": published,
+                "in_flight": self._in_flight(source),
+                "fps": source.nominal_fps,
+                "mask_fps": self._measured_fps(source.source_id),
                 "lag_ms": round(source.max_lag_ms, 1),
             }
         return out
+
+    def _measured_fps(self, stream_id: str) -> float | None:
+        stats = self.telemetry.streams.get(stream_id)
+        return round(stats.fps(), 3) if stats is not None and stats.fps() > 0 else None
 
     def _in_flight(self, source: FrameSource) -> int:
         """Frames of this stream between its queue and the publisher right now (0 after shutdown)."""
@@ -338,9 +370,9 @@ class Pipeline:
             # Without a publisher the mask is only scored and shown: skip compressing it.
             encoding = self._encoding if self._publisher else None
             encoded = await self._in(self._post_pool, encode_result, item, encoding, void)
-            self._publish(encoded)
+            await self._publish(encoded)
 
-    def _publish(self, encoded: Encoded) -> None:
+    async def _publish(self, encoded: Encoded) -> None:
         assert self._backend is not None
         item, frame = encoded.item, encoded.item.frame
         source, _queue = self._streams[frame.source_id]
@@ -355,9 +387,10 @@ class Pipeline:
             dropped_before=self.ledger.gap_before(frame.source_id, frame.seq),
             health=source.health(now_ns),
             max_age_ms=self.config.max_age_ms if source.live else None,
+            run_id=self.run_id,
         )
         if self._publisher:
-            self._publisher.send(encode(header, encoded.payload))
+            await deliver(self._publisher, self.config.zmq_mode, encode(header, encoded.payload))
         sent_ns = self._clock.now_ns()
         if self._gate is not None:  # what admission to a batch costs until publish, as measured
             self._gate.observe((sent_ns - item.batch_start_ns) / 1e6)
@@ -366,27 +399,10 @@ class Pipeline:
         self.ledger.published(frame.source_id)
         if self._hub:
             self._hub.offer(frame.source_id, frame.image, item.mask, self._viewer_info(header))
-        self.telemetry.record(
-            FrameRecord(
-                stream_id=frame.source_id,
-                queue_ms=header.timings.queue_ms,
-                preprocess_ms=header.timings.preprocess_ms,
-                inference_ms=header.timings.inference_ms,
-                postprocess_ms=header.timings.postprocess_ms,
-                publish_ms=(sent_ns - item.done_ns) / 1e6,
-                end_to_end_ms=(sent_ns - frame.capture_ns) / 1e6,
-                confusion=encoded.confusion,
-            ),
-            sent_ns,
-        )
+        self.telemetry.record(frame_record(encoded, header, sent_ns), sent_ns)
 
     def _viewer_info(self, header: Any) -> dict[str, Any]:
-        info: dict[str, Any] = {"seq": header.seq, "latency_ms": round(header.latency_ms, 1), "valid": header.valid,
-                                "fps": round(self.telemetry.fps(), 1), "model": header.model_id,
-                                "state": header.stream_state, "reconnects": header.reconnects}
-        if header.iou is not None and header.iou.mean is not None:
-            info["miou"] = round(header.iou.mean, 3)
-        return info
+        return viewer_info(header, self.telemetry.fps())
 
     async def _stats_loop(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from models.backends.base import BackendTimings
 from models.evaluation.metrics import confusion_matrix, per_class_iou
 from stream.frame import Frame
 from stream.health import StreamHealth
+from stream.telemetry import FrameRecord
 from stream.void_mask import VoidMask
 
 NS_PER_MS = 1e6
@@ -80,6 +82,7 @@ def make_header(
     dropped_before: int,
     health: StreamHealth | None = None,
     max_age_ms: float | None = None,
+    run_id: str = "",
 ) -> MaskHeader:
     item = encoded.item
     frame = item.frame
@@ -109,6 +112,33 @@ def make_header(
         iou=iou_report(encoded.confusion),
         live=health.live if health else False,
         max_age_ms=max_age_ms,
+        run_id=run_id,
+        media_ns=frame.media_ns,
         stream_state=health.state.value if health else "live",
         reconnects=health.reconnects if health else 0,
     )
+
+
+def frame_record(encoded: Encoded, header: MaskHeader, sent_ns: int) -> FrameRecord:
+    """What telemetry keeps of one published frame."""
+    item, frame = encoded.item, encoded.item.frame
+    return FrameRecord(
+        stream_id=frame.source_id,
+        queue_ms=header.timings.queue_ms,
+        preprocess_ms=header.timings.preprocess_ms,
+        inference_ms=header.timings.inference_ms,
+        postprocess_ms=header.timings.postprocess_ms,
+        publish_ms=(sent_ns - item.done_ns) / 1e6,
+        end_to_end_ms=(sent_ns - frame.capture_ns) / 1e6,
+        confusion=encoded.confusion,
+    )
+
+
+def viewer_info(header: MaskHeader, fps: float) -> dict[str, Any]:
+    """The overlay caption the viewer shows with a frame."""
+    info: dict[str, Any] = {"seq": header.seq, "latency_ms": round(header.latency_ms, 1), "valid": header.valid,
+                            "fps": round(fps, 1), "model": header.model_id,
+                            "state": header.stream_state, "reconnects": header.reconnects}
+    if header.iou is not None and header.iou.mean is not None:
+        info["miou"] = round(header.iou.mean, 3)
+    return info

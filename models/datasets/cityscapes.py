@@ -28,14 +28,19 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_cityscapes_truth(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a ``gtFine_labelIds`` PNG and fold it into our 8 categories."""
+def read_cityscapes_label_ids(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a ``gtFine_labelIds`` PNG as it is (Cityscapes labelIds), checked against the image's shape."""
     label_ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if label_ids is None or label_ids.ndim != 2:
         raise UnreadableImage(str(path), "ground truth is not a single-channel label image")
     if label_ids.shape != shape:
         raise UnreadableImage(str(path), f"ground truth is {label_ids.shape}, image is {shape}")
-    return label_ids_to_categories(label_ids)
+    return label_ids
+
+
+def read_cityscapes_truth(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a ``gtFine_labelIds`` PNG and fold it into our 8 categories."""
+    return label_ids_to_categories(read_cityscapes_label_ids(path, shape))
 
 
 def list_images(pattern: str) -> Callable[[], list[Path]]:

@@ -6,6 +6,8 @@ made by :func:`models.backends.registry.create_backend` exactly as ``roadseg run
 it) in batches, scored at the full label resolution and summed into ONE 8x8 confusion
 matrix; every metric comes from that matrix (see :mod:`models.evaluation.metrics`). Only a
 few frames are in memory at a time, plus the downscaled frames kept for the report panels.
+Where the model has a road class, the drivable-road layer is scored too, into a 2x2 road vs
+not-road matrix (see :mod:`models.evaluation.road`).
 """
 
 from __future__ import annotations
@@ -22,20 +24,22 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from models.classes import IGNORE, NUM_CLASSES
+from models.classes import IGNORE, NUM_CLASSES, label_ids_to_categories, label_ids_to_road
 from models.cli_args import int_at_least, size_arg
 from models.datasets.cityscapes import (
     CITYSCAPES_IMAGE_SUFFIX,
     CITYSCAPES_TRUTH_SUFFIX,
     cityscapes_lister,
     cityscapes_truth_for,
-    read_cityscapes_truth,
+    read_cityscapes_label_ids,
     read_rgb,
 )
+from models.drivable import road_mask
 from models.errors import DatasetError, UnreadableImage
 from models.evaluation import metrics
 from models.evaluation.progress import progress as progress_reporter
 from models.evaluation.result import TIMING_KEYS, EvalResult, PanelSample, finite_or_none
+from models.evaluation.road import RoadReference, road_unavailable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,6 +59,7 @@ class _Decoded(NamedTuple):
     name: str
     image: np.ndarray
     truth: np.ndarray
+    road_truth: np.ndarray | None  # 1 road, 0 not, IGNORE; None when the road layer is not scored
 
 
 def list_frames(root: Path, split: str, city: str | None, limit: int | None = None) -> list[tuple[Path, Path]]:
@@ -97,9 +102,9 @@ def _make_backend(
     size: tuple[int, int] | None,
     device: str,
     precision: str,
-) -> tuple[InferenceBackend, ModelCard]:
+) -> tuple[InferenceBackend, nn.Module, ModelCard]:
     """The backend ``roadseg run --backend`` would run, made the same way (any name in
-    :data:`models.backends.registry.BACKENDS`), and the model card."""
+    :data:`models.backends.registry.BACKENDS`), the model it was made from, and the model card."""
     from models.backends.registry import create_backend
     from models.store.registry import load_model
 
@@ -107,13 +112,15 @@ def _make_backend(
     if size is not None:
         check_input_size(size, card)
     engine = create_backend(backend, model, card, device=device, precision=precision, input_size=size)
-    return engine, card
+    return engine, model, card
 
 
-def _decode(index: int, image_path: Path, truth_path: Path) -> _Decoded:
+def _decode(index: int, image_path: Path, truth_path: Path, road: bool) -> _Decoded:
     image = read_rgb(image_path)
-    truth = read_cityscapes_truth(truth_path, image.shape[:2])
-    return _Decoded(index, image_path.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX), image, truth)
+    label_ids = read_cityscapes_label_ids(truth_path, image.shape[:2])
+    road_truth = label_ids_to_road(label_ids) if road else None
+    name = image_path.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX)
+    return _Decoded(index, name, image, label_ids_to_categories(label_ids), road_truth)
 
 
 def _spread(count: int, picks: int) -> set[int]:
@@ -156,6 +163,7 @@ def evaluate(
     panels: int = DEFAULT_PANELS,
     loaded: tuple[nn.Module, ModelCard] | None = None,
     decode_workers: int = DEFAULT_DECODE_WORKERS,
+    road: bool = False,
 ) -> EvalResult:
     """Score ``model_spec`` (or an already ``loaded`` (model, card), e.g. during training, in
     which case ``model_spec`` is only a label) on a Cityscapes split.
@@ -165,6 +173,8 @@ def evaluate(
     (width, height), default the card's; masks are always scored at the label resolution.
     ``progress``: a bar on a terminal, else a line every few seconds on stderr. ``panels``
     frames, spread over the split, are kept downscaled for :func:`models.evaluation.report.write_report`.
+    ``road``: also score the drivable-road layer where the model has one (a second, torch pass per
+    batch; ``roadseg eval`` does unless ``--no-road``); ``result.road_note`` says why it was not.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -172,15 +182,19 @@ def evaluate(
         raise ValueError(f"limit must be at least 1, got {limit}")
     root = Path(root)
     frames = list_frames(root, split, city, limit)
-    engine, card = _make_backend(model_spec, loaded, backend, size, device, precision)
+    engine, model, card = _make_backend(model_spec, loaded, backend, size, device, precision)
     width, height = size or card.input.size
+    road_reference, road_note = _road_reference(model, card, engine, size, road)
     log.info("eval %s with %s on %s (%s), input %dx%d, %d frames of %s/%s%s, batch %d", card.model_id,
              engine.name, engine.device, engine.precision, width, height, len(frames), root, split,
              f"/{city}" if city else "", batch)
     engine.warmup((batch,))
+    if road_reference is not None:
+        road_reference.warmup((batch,))
 
     keep = _spread(len(frames), panels)
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    road_cm = np.zeros((2, 2), np.int64)
     ignored = 0
     totals_ns = dict.fromkeys(TIMING_KEYS, 0)
     per_frame: list[dict[str, Any]] = []
@@ -197,7 +211,7 @@ def evaluate(
             if nxt is None:
                 return
             index, (image_path, truth_path) = nxt
-            pending.append(pool.submit(_decode, index, image_path, truth_path))
+            pending.append(pool.submit(_decode, index, image_path, truth_path, road_reference is not None))
 
     try:
         with progress_reporter(len(frames), progress) as bar:
@@ -216,10 +230,17 @@ def evaluate(
                 out = engine.infer([item.image for item in chunk])
                 for key in ("preprocess", "inference", "postprocess"):
                     totals_ns[key] += round(getattr(out.timings, f"{key}_ms") * 1e6)
+                preferred = None
+                if road_reference is not None:
+                    road_start = time.monotonic_ns()
+                    preferred = road_reference.preferred([item.image for item in chunk])
+                    totals_ns["road_layer"] += time.monotonic_ns() - road_start
                 score_start = time.monotonic_ns()
-                for item, mask, valid in zip(chunk, out.masks, out.valid, strict=True):
+                for i, (item, mask, valid) in enumerate(zip(chunk, out.masks, out.valid, strict=True)):
                     frame_cm = metrics.confusion_matrix(item.truth, mask)
                     cm += frame_cm
+                    if preferred is not None and item.road_truth is not None:
+                        road_cm += metrics.road_confusion(item.road_truth, road_mask(mask, preferred[i]))
                     ignored += int(np.count_nonzero(item.truth == IGNORE))
                     per_frame.append({"name": item.name, "mean_iou": finite_or_none(metrics.mean_iou(frame_cm)),
                                       "pixel_accuracy": finite_or_none(metrics.pixel_accuracy(frame_cm))})
@@ -231,9 +252,12 @@ def evaluate(
                 totals_ns["scoring"] += time.monotonic_ns() - score_start
                 if bar is not None:
                     bar.update(len(chunk))
-            elapsed_s = (time.monotonic_ns() - start) / 1e9
+            # The road layer's reference pass is not the backend's speed: left out of images/s.
+            elapsed_s = (time.monotonic_ns() - start - totals_ns["road_layer"]) / 1e9
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if road_reference is not None:
+            road_reference.close()
 
     count = len(frames)
     return EvalResult(
@@ -256,7 +280,23 @@ def evaluate(
         per_frame=per_frame,
         invalid_frames=invalid,
         samples=samples,
+        road_confusion=road_cm if road_reference is not None else None,
+        road_note=road_note,
     )
+
+
+def _road_reference(
+    model: nn.Module, card: ModelCard, engine: InferenceBackend, size: tuple[int, int] | None, wanted: bool
+) -> tuple[RoadReference | None, str]:
+    """The road layer's reference pass and how it runs, or None and why the layer is not scored."""
+    if not wanted:
+        return None, "road layer not scored (--no-road)"
+    reason = road_unavailable(card, model)
+    if reason is not None:
+        return None, reason
+    reference = RoadReference(model, card, engine, size)
+    return reference, f"flat pixels where road outscores sidewalk; margin from a torch {reference.device} " \
+                      f"{reference.precision} pass"
 
 
 def default_out_dir(model_spec: str, split: str, now: datetime | None = None) -> Path:
@@ -299,6 +339,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--panels", type=int_at_least(0), default=DEFAULT_PANELS, metavar="N",
                    help=f"image|truth|prediction PNGs to write (default {DEFAULT_PANELS})")
     p.add_argument("--limit", type=int_at_least(1), metavar="N", help="only the first N frames")
+    p.add_argument("--road", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the drivable-road layer (road IoU) of a model with a road class (default on; "
+                        "its road margin takes a second, torch, pass over each batch)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=run_eval)
 
@@ -313,7 +356,7 @@ def run_eval(args: argparse.Namespace) -> int:
     before = target.stat() if target is not None else None  # the weights about to be measured
     result = evaluate(args.model, args.cityscapes, split=args.split, city=args.city, size=args.size,
                       backend=args.backend, device=args.device, precision=args.precision, batch=args.batch,
-                      limit=args.limit, progress=True, panels=args.panels)
+                      limit=args.limit, progress=True, panels=args.panels, road=args.road)
     out_dir = args.out or default_out_dir(args.model, args.split)
     try:
         write_report(result, out_dir, panels=args.panels)

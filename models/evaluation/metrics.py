@@ -22,6 +22,7 @@ from models.classes import IGNORE, NUM_CLASSES, Category
 # Words and units shared by `roadseg eval` and `roadseg run`, so the two print the same things.
 MEAN_IOU_LABEL = "mean IoU (8 classes, void included)"
 CATEGORY_IOU_LABEL = "category IoU (Cityscapes: 7 categories, void ignored)"
+ROAD_IOU_LABEL = "road IoU (drivable-road layer, void ignored)"
 VOID_INCLUDED_LABEL = "IoU % void included"
 VOID_IGNORED_LABEL = "IoU % void ignored"
 PERCENT_DECIMALS = 2  # enough to tell 89.60 from 89.61: the official score prints 3 digits of a fraction
@@ -90,6 +91,18 @@ def dice(cm: np.ndarray) -> np.ndarray:
     total = cm.sum(axis=0) + cm.sum(axis=1)  # 2 TP + FP + FN
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 2 * tp / total, np.nan)
+
+
+def road_confusion(road_truth: np.ndarray, road: np.ndarray) -> np.ndarray:
+    """2x2 ``cm[truth, predicted]`` of the road layer (0 not road, 1 road); truth
+    :data:`~models.classes.IGNORE` pixels (void and the other Cityscapes ignoreInEval labels,
+    parking among them) are left out, as in the Cityscapes road class IoU."""
+    return confusion_matrix(road_truth, road.astype(np.uint8), num_classes=2)
+
+
+def road_iou(cm: np.ndarray) -> float:
+    """IoU of road in a :func:`road_confusion` matrix; NaN when there is road in neither truth nor prediction."""
+    return float(per_class_iou(cm)[1])
 
 
 def row_normalized(cm: np.ndarray) -> np.ndarray:

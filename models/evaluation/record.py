@@ -75,6 +75,7 @@ def eval_record(result: EvalResult) -> dict[str, Any]:
         "per_category_iou_void_included": {
             name: finite_or_none(float(v)) for name, v in zip(CLASS_NAMES, result.per_class_iou, strict=True)
         },
+        **({"road_iou": finite_or_none(result.road_iou)} if result.road_iou is not None else {}),
         "frames": result.frames,
         "root": result.root,
         "images_per_s": finite_or_none(result.images_per_s),

@@ -19,6 +19,7 @@ from models.classes import CLASS_NAMES, IGNORED_IN_EVAL, NUM_CLASSES, PALETTE, c
 from models.evaluation.metrics import (
     CATEGORY_IOU_LABEL,
     MEAN_IOU_LABEL,
+    ROAD_IOU_LABEL,
     VOID_IGNORED_LABEL,
     VOID_INCLUDED_LABEL,
     percent,
@@ -240,6 +241,11 @@ def metrics_dict(result: EvalResult) -> dict[str, Any]:
         "timing_ms_per_image": {k: round(v, 3) for k, v in result.timing_ms.items()},
         "invalid_frames": list(result.invalid_frames),
         "per_frame": result.per_frame,
+        # The drivable-road layer: null when not scored (road_note says why).
+        "road_iou": finite_or_none(result.road_iou) if result.road_iou is not None else None,
+        "road_confusion": result.road_confusion.astype(np.int64).tolist() if result.road_confusion is not None
+        else None,
+        "road_note": result.road_note,
     }
 
 
@@ -268,10 +274,15 @@ def summary_lines(result: EvalResult) -> list[str]:
     total = int(result.confusion.sum()) + result.ignored_pixels
     ignored = result.ignored_pixels / total if total else float("nan")
     width = len(CATEGORY_IOU_LABEL) + 2
+    if result.road_iou is not None:
+        road = f"{ROAD_IOU_LABEL:<{width}}{percent(result.road_iou):>7}   ({result.road_note})"
+    else:
+        road = f"road IoU: omitted: {result.road_note}"
     return [
         f"{MEAN_IOU_LABEL:<{width}}{percent(result.mean_iou):>7}   (mean of '{VOID_INCLUDED_LABEL}')",
         f"{CATEGORY_IOU_LABEL:<{width}}{percent(result.category_iou):>7}   (mean of '{VOID_IGNORED_LABEL}')",
         f"{'pixel accuracy':<{width}}{percent(result.pixel_accuracy):>7}",
+        road,
         f"not scored: {percent(ignored)} % of pixels, Cityscapes labels ignored in evaluation "
         f"({', '.join(IGNORED_IN_EVAL.values())})",
     ]
@@ -298,7 +309,8 @@ def format_table(result: EvalResult, out_dir: Path | None = None) -> str:
     model_ms = t["preprocess"] + t["inference"] + t["postprocess"]
     lines += [
         f"speed: {result.images_per_s:.2f} images/s, {result.ms_per_image:.1f} ms/image "
-        f"(model {model_ms:.1f}, scoring {t['scoring']:.1f}, waiting for decode {t['decode_wait']:.1f} ms/image)",
+        f"(model {model_ms:.1f}, scoring {t['scoring']:.1f}, waiting for decode {t['decode_wait']:.1f} ms/image)"
+        + (f"; road layer pass {t['road_layer']:.1f} ms/image, not counted" if result.road_iou is not None else ""),
     ]
     if result.invalid_frames:
         lines.append(f"WARNING: {len(result.invalid_frames)} frame(s) with non-finite logits, e.g. "

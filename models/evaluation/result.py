@@ -10,7 +10,8 @@ import numpy as np
 
 from models.evaluation import metrics
 
-TIMING_KEYS = ("decode_wait", "preprocess", "inference", "postprocess", "scoring")
+# road_layer: the road layer's reference pass (models.evaluation.road), not part of elapsed_s.
+TIMING_KEYS = ("decode_wait", "preprocess", "inference", "postprocess", "scoring", "road_layer")
 
 
 def finite_or_none(value: float) -> float | None:
@@ -48,11 +49,13 @@ class EvalResult:
     batch: int
     confusion: np.ndarray  # int64 [truth, prediction] pixel counts, summed over all frames
     ignored_pixels: int  # truth IGNORE (Cityscapes ignoreInEval labels of a category): in no metric
-    elapsed_s: float  # first decode to last score (model load and warm-up excluded)
+    elapsed_s: float  # first decode to last score (model load, warm-up and the road layer's pass excluded)
     timing_ms: dict[str, float]  # mean ms per image for each of TIMING_KEYS
     per_frame: list[dict[str, Any]] = field(default_factory=list)  # name, mean_iou, pixel_accuracy
     invalid_frames: list[str] = field(default_factory=list)  # frames whose logits were not finite
     samples: list[PanelSample] = field(default_factory=list)
+    road_confusion: np.ndarray | None = None  # 2x2 int64 [truth, predicted] road; None: road layer not scored
+    road_note: str = ""  # how the road layer was obtained, or why it was not scored
     # Derived in __post_init__:
     per_class_iou: np.ndarray = field(init=False)  # void included (void truth is a class)
     per_class_iou_void_ignored: np.ndarray = field(init=False)  # official Cityscapes per category; void NaN
@@ -63,6 +66,7 @@ class EvalResult:
     confusion_normalized: np.ndarray = field(init=False)  # rows sum to 1 (0 for absent truth classes)
     images_per_s: float = field(init=False)
     ms_per_image: float = field(init=False)
+    road_iou: float | None = field(init=False)  # None: not scored (see road_note); NaN: no road anywhere
 
     def __post_init__(self) -> None:
         cm = self.confusion
@@ -75,3 +79,4 @@ class EvalResult:
         self.confusion_normalized = metrics.row_normalized(cm)
         self.images_per_s = self.frames / self.elapsed_s if self.elapsed_s > 0 else float("nan")
         self.ms_per_image = 1000.0 * self.elapsed_s / self.frames if self.frames else float("nan")
+        self.road_iou = metrics.road_iou(self.road_confusion) if self.road_confusion is not None else None

@@ -14,6 +14,15 @@ with the 0/1 membership matrix, the same maths as the exported ONNX graph
 GPU), no data-dependent indexing (CUDA-graph capturable), and exactly torch ==
 ONNX. A category whose members all lie more than ~87 below the best class is
 clipped at ``max - 87`` in fp32 (it cannot win the argmax anyway).
+
+The drivable-road layer (issue 10) splits ``flat`` where the 19 classes can: a pixel is road
+when the category mask says flat AND road's logit beats sidewalk's (the other flat member;
+parking is not among the 19). So road is always inside flat, a void mask applied to the
+categories removes road too, and the decision needs one extra channel, the *road margin*
+``logit[road] - logit[sidewalk]``: linear in the logits, so it upsamples with them exactly
+(on the Cityscapes val frames it agrees with "19-class argmax is road" to 0.02 IoU points).
+:meth:`CategoryFold.forward_native_layers` emits the categories and the margin together;
+:func:`split_layers` turns them into (labels, road).
 """
 
 from __future__ import annotations
@@ -24,10 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.classes import NUM_CLASSES, TRAIN_ID_TO_CATEGORY
+from models.classes import NUM_CLASSES, ROAD_TRAIN_ID, TRAIN_ID_TO_CATEGORY, Category
 
 NEVER_LOGIT = -1e4  # exp(-1e4) == 0 in every float type; representable in fp16
 TRAIN_ID_TABLE: tuple[int, ...] = tuple(int(category) for category in TRAIN_ID_TO_CATEGORY)
+# The other flat classes road competes with in the road margin (sidewalk, trainId 1).
+ROAD_SIBLINGS: tuple[int, ...] = tuple(
+    i for i, c in enumerate(TRAIN_ID_TABLE) if c == TRAIN_ID_TABLE[ROAD_TRAIN_ID] and i != ROAD_TRAIN_ID
+)
+ROAD_MARGIN_CHANNEL = NUM_CLASSES  # forward_native_layers: channels 0..7 categories, then the road margin
+LAYER_CHANNELS = NUM_CLASSES + 1
 
 
 class CategoryFold(nn.Module):
@@ -41,6 +56,8 @@ class CategoryFold(nn.Module):
         super().__init__()
         self.net = net
         self.num_source_classes = len(table)
+        # The road layer needs the Cityscapes trainIds (road = 0, sidewalk = 1), not any table.
+        self.has_road = tuple(table) == TRAIN_ID_TABLE
         members = torch.zeros(NUM_CLASSES, len(table), dtype=torch.bool)
         for source_class, category in enumerate(table):
             members[category, source_class] = True
@@ -58,6 +75,64 @@ class CategoryFold(nn.Module):
         """Category logits at the wrapped net's own output resolution (see :func:`inference_forward`)."""
         logits = inference_forward(self.net)(x)[:, : self.num_source_classes]
         return fold_logits(logits, self.weight, self.empty)
+
+    def forward_native_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, :data:`LAYER_CHANNELS`, h, w) at the net's own resolution: the category logits of
+        :meth:`forward_native` (channels 0..7, bit-identical) and the road margin (channel
+        :data:`ROAD_MARGIN_CHANNEL`). Upsample it as a whole, then :func:`split_layers`."""
+        if not self.has_road:
+            raise ValueError("this category fold is not over the 19 Cityscapes classes: it has no road class")
+        logits = inference_forward(self.net)(x)[:, : self.num_source_classes]
+        folded = fold_logits(logits, self.weight, self.empty)
+        return torch.cat([folded, road_margin(logits).to(folded.dtype)], dim=1)
+
+
+class RoadPreference(nn.Module):
+    """Two logits per pixel, ``[-margin, margin]`` (:func:`road_margin` of a road-capable
+    :class:`CategoryFold`), so any backend's upsample-then-argmax yields 1 exactly where road
+    outscores sidewalk, at the frame's size. Intersected with the backend's own flat pixels
+    (:func:`models.drivable.road_mask`) that is the road layer, for backends that do not emit
+    :meth:`CategoryFold.forward_native_layers` themselves (a second pass over the net). Only for
+    engines that run the module (torch): an export of it would share the fold's fingerprint."""
+
+    def __init__(self, fold: CategoryFold):
+        super().__init__()
+        if not (isinstance(fold, CategoryFold) and fold.has_road):
+            raise ValueError(f"{type(fold).__name__} has no road class: the road layer needs a 19-class CategoryFold")
+        self.fold = fold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _both_signs(road_margin(self.fold.net(x)))
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        return _both_signs(road_margin(inference_forward(self.fold.net)(x)))
+
+
+def _both_signs(margin: torch.Tensor) -> torch.Tensor:
+    return torch.cat([-margin, margin], dim=1)
+
+
+def road_margin(logits: torch.Tensor) -> torch.Tensor:
+    """(B, >=19, H, W) Cityscapes trainId logits -> (B, 1, H, W) fp32 ``logit[road]`` minus the
+    best other flat class's (sidewalk): positive where road is the likelier flat class."""
+    with torch.autocast(logits.device.type, enabled=False):
+        scores = logits.float()
+        return scores[:, ROAD_TRAIN_ID : ROAD_TRAIN_ID + 1] - scores[:, list(ROAD_SIBLINGS)].amax(dim=1, keepdim=True)
+
+
+def split_layers(layers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, :data:`LAYER_CHANNELS`, H, W) from :meth:`CategoryFold.forward_native_layers`, upsampled
+    or not -> (category labels (B, H, W) int64, the argmax of channels 0..7 exactly as without the
+    road layer; road (B, H, W) bool: flat and a positive road margin)."""
+    labels = layers[:, :NUM_CLASSES].argmax(dim=1)
+    road = (labels == int(Category.FLAT)) & (layers[:, ROAD_MARGIN_CHANNEL] > 0)
+    return labels, road
+
+
+def road_layer_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What a backend runs for the categories plus the road layer: the model's
+    :meth:`CategoryFold.forward_native_layers`, or None when it has no road class."""
+    return model.forward_native_layers if isinstance(model, CategoryFold) and model.has_road else None
 
 
 def inference_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

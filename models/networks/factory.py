@@ -14,13 +14,13 @@ from typing import Any
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from models.classes import NUM_CLASSES
+from models.classes import NUM_CLASSES, ROAD_LAYER
 from models.networks import dabnet, espnetv2
 from models.networks.arguments import MAX_CHANNELS, MAX_CLASSES, Arg, ModelConfigError, _shown, check_arguments
 
 __all__ = [
     "FAMILIES", "SMP_ARCHITECTURES", "TIMM_ENCODERS", "ModelConfigError", "build_model", "build_smp",
-    "check_model_arguments",
+    "check_model_arguments", "family_layers",
 ]
 
 # smp architectures by the lower-case name users type.
@@ -144,14 +144,25 @@ def smp_schema(arguments: Mapping[str, Any]) -> dict[str, Arg]:
 class Family:
     build: Callable[..., nn.Module]
     schema: Callable[[Mapping[str, Any]], Mapping[str, Arg]]  # the arguments -> the keys they may hold
+    # Output layers beside the categories its networks can produce (models.classes.LAYERS): "road" for
+    # the nets folded from the 19 Cityscapes classes (models.networks.category_head); smp heads predict
+    # the 8 categories directly and have no road class.
+    layers: tuple[str, ...] = ()
 
 
 # family -> builder(**arguments) and its argument schema. New families (our own real-time nets) register here.
 FAMILIES: dict[str, Family] = {
     "smp": Family(build_smp, smp_schema),
-    "dabnet": Family(dabnet.build_dabnet, lambda _: dabnet.ARGUMENTS),
-    "espnetv2": Family(espnetv2.build_espnetv2, lambda _: espnetv2.ARGUMENTS),
+    "dabnet": Family(dabnet.build_dabnet, lambda _: dabnet.ARGUMENTS, (ROAD_LAYER,)),
+    "espnetv2": Family(espnetv2.build_espnetv2, lambda _: espnetv2.ARGUMENTS, (ROAD_LAYER,)),
 }
+
+
+def family_layers(family: str) -> tuple[str, ...]:
+    """The output layers a family's networks can produce beside the categories; () for a family
+    roadseg does not know (its card is refused elsewhere)."""
+    known = FAMILIES.get(family)
+    return known.layers if known is not None else ()
 
 
 def check_model_arguments(family: Any, arguments: Any) -> None:

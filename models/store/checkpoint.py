@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.atomic import atomic_path
-from models.classes import CLASS_NAMES
+from models.classes import CLASS_NAMES, LAYERS, ROAD_LAYER
 from models.errors import CheckpointError
-from models.networks.arguments import Arg, check_arguments
-from models.networks.factory import ModelConfigError, build_model, check_model_arguments
+from models.networks.arguments import Arg, _shown, check_arguments
+from models.networks.factory import ModelConfigError, build_model, check_model_arguments, family_layers
 
 FORMAT_NAME = "roadseg.checkpoint"
 FORMAT_VERSION = 1
@@ -92,6 +92,21 @@ class ModelCard:
     classes: tuple[str, ...] = CLASS_NAMES
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Output layers beside the category mask (models.classes.LAYERS): ("road",) when the model has a
+    # Cityscapes road class and offers the drivable-road layer; () says it has none. A card without
+    # the key (written before it existed) gets legacy_layers().
+    layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, tuple) or len(set(self.layers)) != len(self.layers) or not (
+            set(self.layers) <= set(LAYERS)
+        ):
+            raise ValueError(f"card layers must be a tuple of distinct names from {LAYERS}, got {self.layers!r}")
+
+    @property
+    def has_road(self) -> bool:
+        """Whether the model offers the drivable-road layer (road told apart from the rest of flat)."""
+        return ROAD_LAYER in self.layers
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -116,6 +131,11 @@ class ModelCard:
             spec = body["input"]
             check_arguments("input field", spec, INPUT_SCHEMA)
             check_model_arguments(body["family"], body["arguments"])
+            provenance = dict(body.get("provenance", {}))
+            if "layers" in body:
+                layers = check_layers(body["layers"], body["family"])
+            else:
+                layers = legacy_layers(body["family"], provenance)
             input_spec = InputSpec(
                 channel_order=spec["channel_order"],
                 scale=float(spec["scale"]),
@@ -130,8 +150,9 @@ class ModelCard:
                 arguments=dict(body["arguments"]),
                 input=input_spec,
                 classes=tuple(body["classes"]),
-                provenance=dict(body.get("provenance", {})),
+                provenance=provenance,
                 metrics=dict(body.get("metrics", {})),
+                layers=layers,
             )
         except CheckpointError:
             raise
@@ -139,6 +160,31 @@ class ModelCard:
             raise CheckpointError(f"checkpoint {path}: model card: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: malformed model card ({type(exc).__name__}: {exc})") from exc
+
+
+def check_layers(value: Any, family: str) -> tuple[str, ...]:
+    """A card's ``layers``: a list of distinct layer names the family's networks can produce
+    (a card cannot promise a road class its net lacks); ModelConfigError naming the key."""
+    possible = family_layers(family)
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ModelConfigError(f"card key 'layers' must be a list of layer names, got {type(value).__name__}")
+    for name in value:
+        if name not in possible:
+            raise ModelConfigError(
+                f"card key 'layers': {family} models cannot produce layer {_shown(name)}; "
+                f"valid: {', '.join(possible) or 'none'}"
+            )
+    if len(set(value)) != len(value):
+        raise ModelConfigError("card key 'layers' lists a layer twice")
+    return tuple(value)
+
+
+def legacy_layers(family: str, provenance: dict[str, Any]) -> tuple[str, ...]:
+    """``layers`` of a card written before the key existed: what the family can produce (a net
+    folded from the 19 Cityscapes classes has their road class), except for a net roadseg trained
+    from scratch, which learnt only the 8 categories (its road vs sidewalk split is arbitrary)."""
+    from_scratch = "trained_by" in provenance and "init" not in provenance
+    return () if from_scratch else family_layers(family)
 
 
 def _triple(values: list[float]) -> tuple[float, float, float]:

@@ -62,6 +62,10 @@ class RawFrame:
     media_time_s: float | None = None  # position in the recording, for --realtime pacing
 
 
+def media_ns(media_time_s: float | None) -> int | None:
+    return None if media_time_s is None else round(media_time_s * 1e9)
+
+
 def apply_limits(raw: RawFrame, limits: FrameLimits | None) -> RawFrame:
     """Blocking (reader thread): the frame within ``limits``, or FrameDecodeError(cause=oversize)."""
     if limits is None:
@@ -238,6 +242,7 @@ class ThreadedReplaySource(FrameSource):
             image=raw.image,
             truth=raw.truth,
             name=raw.name,
+            media_ns=media_ns(raw.media_time_s),
         )
         self._seq += 1
         self._last_frame_ns = self._clock.now_ns()

@@ -28,7 +28,15 @@ import numpy as np
 from stream.clock import MONOTONIC, Clock
 from stream.frame import Frame
 from stream.health import StreamState
-from stream.sources.base import EndOfStream, FrameDecodeError, FrameSource, RawFrame, SourceError, apply_limits
+from stream.sources.base import (
+    EndOfStream,
+    FrameDecodeError,
+    FrameSource,
+    RawFrame,
+    SourceError,
+    apply_limits,
+    media_ns,
+)
 from stream.sources.limits import FrameLimits
 
 log = logging.getLogger(__name__)
@@ -262,7 +270,8 @@ class LiveCaptureSource(FrameSource):
         if self._mailbox is not None:
             self.drops[DROP_CAUSE_SUPERSEDED] += 1
         wall_ns = self._clock.wall_ns() - (self._clock.now_ns() - capture_ns)
-        self._mailbox = Frame(self.source_id, self._seq, capture_ns, wall_ns, raw.image, raw.truth, raw.name)
+        self._mailbox = Frame(self.source_id, self._seq, capture_ns, wall_ns, raw.image, raw.truth, raw.name,
+                              media_ns(raw.media_time_s))
         self._seq += 1
         self._last_frame_ns = capture_ns
         self.state = StreamState.LIVE
@@ -315,12 +324,13 @@ class LiveCaptureSource(FrameSource):
                     continue
                 backlog = -1
             key = _frame_key(capture, bgr)
+            media_s = key[0] / 1e3 if key[0] > 0 else None  # the stream's presentation time, where it has one
             if key == last_key:
                 time.sleep(REPEAT_BACKOFF_S)  # the same frame again: not news
                 continue
             last_key = key
             try:
-                raw = apply_limits(RawFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, f"#{index}"),
+                raw = apply_limits(RawFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, f"#{index}", media_s),
                                    self._limits)
             except FrameDecodeError as exc:
                 self._post(generation, "dropped", exc.cause)

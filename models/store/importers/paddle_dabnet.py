@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.atomic import atomic_path
+from models.classes import ROAD_LAYER
 from models.networks.dabnet import CITYSCAPES_TRAIN_CLASSES, build_dabnet
 from models.store.checkpoint import InputSpec, ModelCard, save_checkpoint
 from models.store.importers.restricted_pickle import load_restricted
@@ -162,7 +163,8 @@ def _card(source: Path, epoch: Any) -> ModelCard:
         "class_fold": CLASS_FOLD,
     }
     return ModelCard(
-        model_id=MODEL_ID, family=FAMILY, arguments={}, input=DABNET_INPUT, provenance=provenance, metrics={}
+        model_id=MODEL_ID, family=FAMILY, arguments={}, input=DABNET_INPUT, provenance=provenance, metrics={},
+        layers=(ROAD_LAYER,),  # trained on the 19 Cityscapes classes: road is one of them
     )
 
 

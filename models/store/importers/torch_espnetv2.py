@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from models.classes import ROAD_LAYER
 from models.networks.category_head import CategoryFold
 from models.networks.espnetv2 import CITYSCAPES_HEAD_CLASSES, TOTAL_STRIDE, TRAIN_ID_CLASSES, build_espnetv2
 from models.store.checkpoint import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelCard, load_checkpoint, save_checkpoint
@@ -177,7 +178,8 @@ def _model_card(source: Path) -> ModelCard:
         divisor=TOTAL_STRIDE,
     )
     return ModelCard(
-        model_id=MODEL_ID, family=FAMILY, arguments={"scale": SCALE}, input=spec, provenance=provenance, metrics={}
+        model_id=MODEL_ID, family=FAMILY, arguments={"scale": SCALE}, input=spec, provenance=provenance, metrics={},
+        layers=(ROAD_LAYER,),  # trained on the 19 Cityscapes classes: road is one of them
     )
 
 
