@@ -36,6 +36,7 @@ PLUGIN_SUBCOMMANDS = {
     "eval": ("models.evaluation.evaluate", "score a model on Cityscapes ground truth (IoU, Dice, confusion)"),
     "train": ("models.training.train", "train or fine-tune a model (Cityscapes or synthetic)"),
     "export": ("models.export.onnx_export", "export a model to ONNX or build a TensorRT engine"),
+    "bridge": ("decision_bridge.cli", "watch the ZeroMQ masks as a planner would (echo)"),
 }
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900
