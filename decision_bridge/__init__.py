@@ -5,6 +5,7 @@
 reference subscriber with per-stream health (alive / rate / valid).
 """
 
+from decision_bridge.curve import CurveClient, CurveError, CurveServer
 from decision_bridge.health import StreamStatus
 from decision_bridge.liveness import StreamEvent, StreamReport, decode_report, encode_report
 from decision_bridge.publisher import MaskPublisher, PublisherError
@@ -30,6 +31,9 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
+    "CurveClient",
+    "CurveError",
+    "CurveServer",
     "Encoding",
     "IoUReport",
     "MaskHeader",

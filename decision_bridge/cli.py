@@ -5,16 +5,27 @@ masks with their stream and ``seq=N``, gaps where frames were lost, status messa
 stream's state changes, and the end of stream with its final seq; health (alive, fresh, on
 rate, valid) rides on every mask line. It exits when every stream it heard has ended, after
 ``--count`` masks, or after ``--timeout`` seconds without any message (exit 1).
+
+``roadseg bridge keygen NAME [--dir DIR]`` writes a CURVE key pair (``NAME.key`` public,
+``NAME.key_secret`` secret, mode 0600) for ``roadseg run --zmq-curve-key`` and for subscribers
+(``echo --curve-server-key --curve-key``); it never overwrites a key.
+
+``roadseg bridge bench`` measures the link itself (masks/s, latency p50/p99, bytes per mask for
+each transport, size and encoding): ``benchmarks/bridge.py``, which lives in the source checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
+from decision_bridge.curve import CurveClient, generate_key_pair
 from decision_bridge.health import StreamStatus
 from decision_bridge.schema import DEFAULT_ADDRESS, MaskMessage
 from decision_bridge.subscriber import MaskSubscriber, describe
@@ -26,7 +37,7 @@ EXIT_OK, EXIT_SILENT = 0, 1
 def add_subcommand(subparsers: Any) -> None:
     bridge = subparsers.add_parser("bridge", help="watch the ZeroMQ masks as a planner would (echo)")
     bridge.set_defaults(verbose=False)
-    sub = bridge.add_subparsers(dest="bridge_command", required=True, metavar="{echo}")
+    sub = bridge.add_subparsers(dest="bridge_command", required=True)
     echo = sub.add_parser("echo", help="print every message: stream, seq=N, gaps, health, end of stream")
     echo.add_argument("address", nargs="?", default=DEFAULT_ADDRESS,
                       help=f"publisher address (default {DEFAULT_ADDRESS})")
@@ -34,13 +45,60 @@ def add_subcommand(subparsers: Any) -> None:
     echo.add_argument("--count", type=int, default=0, metavar="N", help="exit after N masks (0: no limit)")
     echo.add_argument("--timeout", type=float, default=None, metavar="S",
                       help="exit 1 after S seconds without any message (default: wait forever)")
+    echo.add_argument("--curve-server-key", metavar="FILE",
+                      help="CURVE: the publisher's public key file (NAME.key); needs --curve-key")
+    echo.add_argument("--curve-key", metavar="FILE",
+                      help="CURVE: this client's secret key file (NAME.key_secret, from `roadseg bridge keygen`)")
     echo.set_defaults(handler=run_echo)
+    keygen = sub.add_parser("keygen", help="write a CURVE key pair: NAME.key (public) and NAME.key_secret (secret)")
+    keygen.add_argument("name", metavar="NAME", help="file name of the pair, e.g. server or planner")
+    keygen.add_argument("--dir", default=".", metavar="DIR", help="where to write it (default: here)")
+    keygen.set_defaults(handler=run_keygen)
+    bench = sub.add_parser("bench", help="measure the bridge: masks/s, latency p50/p99 and bytes per mask "
+                                         "for tcp and ipc, 1024x512 and 2048x1024, u8-raw and u8-zlib")
+    bench_module = _bench_module()
+    if bench_module is not None:
+        bench_module.add_arguments(bench)
+    bench.set_defaults(handler=run_bench)
 
 
 def run_echo(args: argparse.Namespace) -> int:
     logging.getLogger("decision_bridge").setLevel(logging.WARNING)
-    with MaskSubscriber(args.address, args.stream) as sub:
+    if (args.curve_server_key is None) != (args.curve_key is None):
+        raise ValueError("CURVE needs both --curve-server-key (the publisher's NAME.key) "
+                         "and --curve-key (this client's NAME.key_secret)")
+    curve = None if args.curve_key is None else CurveClient(Path(args.curve_server_key), Path(args.curve_key))
+    with MaskSubscriber(args.address, args.stream, curve=curve) as sub:
         return Echo(sub, sys.stdout).run(count=args.count, timeout_s=args.timeout)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    public, secret = generate_key_pair(Path(args.dir), args.name)
+    print(f"public key: {public}  (give it to the other side)")
+    print(f"secret key: {secret}  (mode 0600; keep it here)")
+    return EXIT_OK
+
+
+def _bench_module() -> ModuleType | None:
+    """``benchmarks.bridge``: importable from the checkout's root, or found beside this package in a
+    source checkout (an editable install); None in an installed wheel, which has no benchmarks."""
+    try:
+        return importlib.import_module("benchmarks.bridge")
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "benchmarks" / "bridge.py").is_file():
+            return None
+        sys.path.insert(0, str(root))
+        return importlib.import_module("benchmarks.bridge")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    bench_module = _bench_module()
+    if bench_module is None:
+        print("roadseg bridge bench needs a source checkout (benchmarks/bridge.py)", file=sys.stderr)
+        return 1
+    args.command_line = " ".join(["roadseg", *sys.argv[1:]])
+    return int(bench_module.main_args(args))
 
 
 class Echo:

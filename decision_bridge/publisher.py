@@ -11,10 +11,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Self
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from decision_bridge.curve import CurveServer
 from decision_bridge.schema import DEFAULT_ADDRESS, LATEST_PREFIX, TOPIC_PREFIX, latest_topic, topic_for
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,10 @@ SUBSCRIBER_POLL_S = 0.005
 # Bound the work one send() may spend discarding subscription messages, so a burst of
 # (un)subscriptions can never stall the publish path; the rest are read on the next call.
 MAX_SUBSCRIPTIONS_PER_DRAIN = 64
+# Every topic a publisher sends starts with one of these (masks, their single-frame form, status, eos).
+TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/")
+MAX_STREAM_ID_BYTES = 255
+MAX_SUBSCRIPTION_BYTES = max(len(kind) for kind in TOPIC_KINDS) + MAX_STREAM_ID_BYTES
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 _SUBSCRIBE = 1  # XPUB subscription message: first byte 1 = subscribe, 0 = unsubscribe
@@ -53,15 +60,27 @@ class MaskPublisher:
         send_hwm: int = 1000,
         nodrop: bool = False,
         send_buffer_bytes: int | None = None,
+        stream_ids: Iterable[str] | None = None,
         context: zmq.Context | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         self.address = address
+        # CURVE (decision_bridge.curve): encrypted, and with curve.clients_dir only those clients
+        # admitted, by a ZAP handler thread of this publisher's context (started in bind, stopped in close).
+        self.curve = curve
+        self._authenticator: ThreadAuthenticator | None = None
         self.send_hwm = send_hwm
         self.nodrop = nodrop
         self.send_buffer_bytes = send_buffer_bytes  # the kernel's socket buffer (SO_SNDBUF); None: the OS default
         self.sent = 0
         self.dropped_hwm = 0
         self.refused = 0  # sends refused for a full queue (nodrop), retried or not
+        self.rejected_subscriptions = 0  # prefixes that match no topic this publisher can send
+        # Subscriptions are applied by us (XPUB_MANUAL), only for prefixes of topics we can send:
+        # those of ``stream_ids`` when given, else of any stream id up to MAX_STREAM_ID_BYTES. A peer
+        # can then hold at most one subscription per such prefix, however many it sends.
+        self._topics = None if stream_ids is None else tuple(
+            prefix + sid.encode("utf-8") for sid in stream_ids for prefix in TOPIC_KINDS)
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self._socket: zmq.Socket | None = None
@@ -87,14 +106,23 @@ class MaskPublisher:
         if self.send_buffer_bytes is not None:
             sock.setsockopt(zmq.SNDBUF, self.send_buffer_bytes)
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)
         # Transport heartbeats: a subscriber that stops answering (frozen, host gone) is disconnected
         # after the timeout, and its queue (up to send_hwm messages) freed, instead of kept forever.
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        if self.curve is not None:
+            self.curve.apply(sock)
+            try:  # the ZAP handler is up before the first client can connect
+                self._authenticator = self.curve.start_authenticator(self._context)
+            except BaseException:
+                sock.close(linger=0)
+                raise
         try:
             sock.bind(self.address)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            self._stop_authenticator()
             raise PublisherError(f"cannot bind mask publisher to {self.address!r}: {_explain(exc)}") from exc
         self._socket = sock
         self._bound_address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -118,8 +146,14 @@ class MaskPublisher:
         if self._socket is not None:
             self._socket.close(linger=linger_ms)
             self._socket = None
+        self._stop_authenticator()
         if self._own_context:
             self._context.term()
+
+    def _stop_authenticator(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()  # joins its thread and closes its sockets (before the context ends)
+            self._authenticator = None
 
     def __enter__(self) -> Self:
         if self._socket is None:
@@ -167,6 +201,10 @@ class MaskPublisher:
             await asyncio.sleep(SUBSCRIBER_POLL_S)
         return True
 
+    def read_subscriptions(self, limit: int = MAX_SUBSCRIPTIONS_PER_DRAIN) -> None:
+        """Apply up to ``limit`` pending (un)subscriptions (bounded work, for an I/O loop)."""
+        self._drain_subscriptions(limit)
+
     def _drain_subscriptions(self, limit: int | None = MAX_SUBSCRIPTIONS_PER_DRAIN) -> None:
         sock = self._require_socket()
         reads = 0
@@ -180,11 +218,24 @@ class MaskPublisher:
                 continue
             kind, prefix = msg[0], msg[1:]
             if kind == _SUBSCRIBE:
+                if not self._serves(prefix):
+                    self.rejected_subscriptions += 1
+                    continue
+                sock.setsockopt(zmq.SUBSCRIBE, prefix)  # for the peer whose message we just read
                 self._subscriptions[prefix] += 1
             elif kind == _UNSUBSCRIBE and self._subscriptions[prefix] > 0:
+                sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
                 self._subscriptions[prefix] -= 1
                 if not self._subscriptions[prefix]:
                     del self._subscriptions[prefix]
+
+    def _serves(self, prefix: bytes) -> bool:
+        """Whether ``prefix`` can match a topic this publisher sends (else it only costs memory)."""
+        if self._topics is not None:
+            return any(topic.startswith(prefix) for topic in self._topics)
+        if len(prefix) > MAX_SUBSCRIPTION_BYTES:
+            return False
+        return any(kind.startswith(prefix) or prefix.startswith(kind) for kind in TOPIC_KINDS)
 
     # ------------------------------------------------------------------ sending
 

@@ -20,6 +20,7 @@ from typing import Self
 import numpy as np
 import zmq
 
+from decision_bridge.curve import CurveClient
 from decision_bridge.health import NS_PER_S, StreamHealth, StreamStatus
 from decision_bridge.liveness import (
     EOS_PREFIX,
@@ -66,8 +67,10 @@ class MaskSubscriber:
         clock: Callable[[], int] = time.monotonic_ns,
         rcv_hwm: int = DEFAULT_RCV_HWM,
         context: zmq.Context | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         self.address = address
+        self.curve = curve  # CURVE: encrypted, authenticated by its key pair (decision_bridge.curve)
         self.streams: frozenset[str] | None = None if streams is None else frozenset(streams)
         self.alive_timeout_ns = int(alive_timeout_s * NS_PER_S)
         self.min_rate_hz = min_rate_hz
@@ -96,6 +99,10 @@ class MaskSubscriber:
         # decoded stream_id exactly. No CONFLATE: it breaks multipart messages.
         for topic in self._topics():
             sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if self.curve is not None:
+            # A wrong server key, or a client key the publisher does not admit, fails the handshake:
+            # nothing is received (libzmq keeps re-dialling), like a publisher that is not there.
+            self.curve.apply(sock)
         sock.connect(self.address)
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)

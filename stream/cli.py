@@ -11,8 +11,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from decision_bridge.curve import CurveServer
 from models.cli_args import int_at_least, positive_float, size_arg
 from stream.batcher import BatchConfig
 from stream.config import DEFAULT_MAX_AGE_MS, DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
@@ -78,6 +80,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="--zmq-wait waits for this many subscribers (default 1)")
     p.add_argument("--zmq-wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for a subscriber before the first frame")
+    p.add_argument("--zmq-curve-key", metavar="SECRET_FILE",
+                   help="CURVE-encrypt the masks with this server secret key file (NAME.key_secret, from "
+                        "`roadseg bridge keygen NAME`); subscribers need its public NAME.key")
+    p.add_argument("--zmq-curve-clients", metavar="DIR",
+                   help="with --zmq-curve-key: admit only the subscribers whose public key file (*.key) is in "
+                        "DIR (default: any subscriber that has the server's public key)")
     p.add_argument("--viewer", type=_viewer, default=DEFAULT_VIEWER, metavar="HOST:PORT|off",
                    help="web viewer bind address (default 127.0.0.1:8080)")
     p.add_argument("--realtime", action="store_true", help="replay at the recorded frame rate")
@@ -150,6 +158,7 @@ def _add_plugin(sub: Any, module_name: str) -> None:
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     demo = args.command == "demo"
     common: dict[str, Any] = dict(
+        zmq_curve=_curve_server(args),
         backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
         zmq_wait_subscriber_s=args.zmq_wait, zmq_subscribers=args.zmq_subscribers,
         zmq_mode=DeliveryMode(args.zmq_mode), viewer=args.viewer, realtime=args.realtime,
@@ -172,6 +181,16 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **common)
     return PipelineConfig(sources=tuple(args.source), model=args.model, input_size=args.size,
                           max_frames=args.max_frames, void_masks=tuple(args.void_mask), **common)
+
+
+def _curve_server(args: argparse.Namespace) -> CurveServer | None:
+    """The publisher's CURVE settings, key files read and checked now (CurveError names a bad one)."""
+    if args.zmq_curve_key is None:
+        if args.zmq_curve_clients is not None:
+            raise ValueError("--zmq-curve-clients needs --zmq-curve-key (the server's secret key file)")
+        return None
+    return CurveServer(Path(args.zmq_curve_key), None if args.zmq_curve_clients is None
+                       else Path(args.zmq_curve_clients))
 
 
 def _backend_factory(config: PipelineConfig) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from decision_bridge.curve import CurveServer
 from models.backends.common import Device, Precision
 from stream.batcher import BatchConfig
 from stream.delivery import DeliveryMode
@@ -34,6 +35,9 @@ class PipelineConfig:
     zmq_subscribers: int = 1  # how many subscribers zmq_wait_subscriber_s waits for
     zmq_mode: DeliveryMode = DeliveryMode.PUB
     zmq_fallback: bool = False  # demo: if the address is in use, publish on a free port instead
+    # CURVE encryption (and with clients_dir, client authentication); its key files are read and
+    # checked when the CurveServer is made, so a bad one fails at configuration, before the model loads.
+    zmq_curve: CurveServer | None = None
     mask_encoding: str = "u8-zlib"
     viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
     viewer_fallback: bool = False  # demo: if the port is taken, serve on a free one
@@ -67,6 +71,10 @@ class PipelineConfig:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "precision", Precision(self.precision))
         object.__setattr__(self, "zmq_mode", DeliveryMode(self.zmq_mode))
+        if self.zmq_curve is not None and not isinstance(self.zmq_curve, CurveServer):
+            raise ValueError(f"zmq_curve must be a CurveServer, got {type(self.zmq_curve).__name__}")
+        if self.zmq_curve is not None and not self.zmq_address:
+            raise ValueError("CURVE keys (--zmq-curve-key) were given, but publishing is off (--zmq off)")
         if self.zmq_subscribers < 1:
             raise ValueError(f"zmq_subscribers must be >= 1, got {self.zmq_subscribers}")
         if not self.max_age_ms > 0:

@@ -14,9 +14,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from enum import StrEnum
 
-from decision_bridge.publisher import MaskPublisher
+from decision_bridge.curve import CurveServer
+from decision_bridge.io_thread import PublisherThread
+from decision_bridge.publisher import SUBSCRIBER_POLL_S, MaskPublisher
 from decision_bridge.schema import to_single_frame
 
 
@@ -33,23 +36,36 @@ LOSSLESS_SEND_BUFFER_BYTES = 256 * 1024  # and a small kernel buffer: megabytes 
 LOSSLESS_RETRY_S = 0.002  # how often a full queue is retried while the pipeline waits
 
 
-def publisher_for(address: str, mode: DeliveryMode) -> MaskPublisher:
-    """An unbound publisher configured for ``mode``."""
+def publisher_for(address: str, mode: DeliveryMode, stream_ids: Iterable[str] | None = None, *,
+                  curve: CurveServer | None = None) -> MaskPublisher:
+    """An unbound publisher configured for ``mode``, serving subscriptions to ``stream_ids`` only
+    (any stream when None), CURVE-encrypted when ``curve`` is given."""
     if mode is DeliveryMode.LATEST:
-        return MaskPublisher(address, send_hwm=LATEST_SEND_HWM)
+        return MaskPublisher(address, send_hwm=LATEST_SEND_HWM, stream_ids=stream_ids, curve=curve)
     if mode is DeliveryMode.LOSSLESS:
-        return MaskPublisher(address, send_hwm=LOSSLESS_SEND_HWM, nodrop=True,
-                             send_buffer_bytes=LOSSLESS_SEND_BUFFER_BYTES)
-    return MaskPublisher(address, send_hwm=DEFAULT_SEND_HWM)
+        return MaskPublisher(address, send_hwm=LOSSLESS_SEND_HWM, nodrop=True, curve=curve,
+                             send_buffer_bytes=LOSSLESS_SEND_BUFFER_BYTES, stream_ids=stream_ids)
+    return MaskPublisher(address, send_hwm=DEFAULT_SEND_HWM, stream_ids=stream_ids, curve=curve)
 
 
-async def deliver(publisher: MaskPublisher, mode: DeliveryMode, parts: list[bytes]) -> None:
-    """Send one mask message as ``mode`` wants; in lossless mode wait (without blocking the event
-    loop) until every subscriber's queue has room."""
+async def deliver(io: PublisherThread, mode: DeliveryMode, parts: list[bytes]) -> None:
+    """Send one mask message as ``mode`` wants, through the publisher's own thread; in lossless
+    mode wait (awaiting, never blocking the event loop) until every subscriber's queue has room."""
     if mode is DeliveryMode.LOSSLESS:
-        while not publisher.send(parts, count_drop=False):
-            await asyncio.sleep(LOSSLESS_RETRY_S)
+        while not await asyncio.wrap_future(io.send(parts, lossless=True)):
+            await asyncio.sleep(LOSSLESS_RETRY_S)  # the thread's queue was full, or it is closing
         return
-    publisher.send(parts)
+    io.send(parts)
     if mode is DeliveryMode.LATEST:
-        publisher.send([to_single_frame(parts)])
+        io.send([to_single_frame(parts)], count_drop=False)
+
+
+async def wait_for_subscribers(io: PublisherThread, timeout_s: float, count: int) -> bool:
+    """Whether ``count`` mask subscribers joined within ``timeout_s`` (asked on the publisher's thread)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while await asyncio.wrap_future(io.call(io.publisher.subscriber_count)) < count:
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(SUBSCRIBER_POLL_S)
+    return True

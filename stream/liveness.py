@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
+from decision_bridge.io_thread import PublisherThread
 from decision_bridge.liveness import DEFAULT_STATUS_PERIOD_MS, StreamEvent, StreamReport, encode_report
-from decision_bridge.publisher import MaskPublisher
 from stream.clock import Clock
 from stream.health import StreamState
 
@@ -29,7 +30,7 @@ Status = Mapping[str, Mapping[str, Any]]  # stream id -> Pipeline.stream_status(
 class StatusBeacon:
     """Sends status messages at a fixed period and each stream's end of stream exactly once."""
 
-    def __init__(self, publisher: MaskPublisher, run_id: str, status: Callable[[], Status], clock: Clock, *,
+    def __init__(self, publisher: PublisherThread, run_id: str, status: Callable[[], Status], clock: Clock, *,
                  period_ms: float = DEFAULT_STATUS_PERIOD_MS, max_age_ms: float | None = None) -> None:
         self._publisher = publisher
         self._run_id = run_id
@@ -61,13 +62,23 @@ class StatusBeacon:
         deadline = self._clock.now_ns() + int(wait_s * 1e9)
         for stream_id, entry in self._status().items():
             reason = str(entry["state"]) if entry["state"] in FINAL_STATES else "stopped"
-            while stream_id not in self.ended and not self._send(StreamEvent.EOS, stream_id, entry, reason=reason):
+            while stream_id not in self.ended:
+                sent = self._send(StreamEvent.EOS, stream_id, entry, reason=reason)
+                if stream_id in self.ended:  # queued: wait until ZeroMQ accepts it, within the deadline
+                    remaining_s = max(0.0, (deadline - self._clock.now_ns()) / 1e9)
+                    try:
+                        await asyncio.wait_for(asyncio.wrap_future(sent), remaining_s)
+                    except TimeoutError:
+                        log.warning("stream %s: end of stream not delivered (a subscriber is not reading)",
+                                    stream_id)
+                    break
                 if self._clock.now_ns() > deadline:
                     log.warning("stream %s: end of stream not delivered (a subscriber is not reading)", stream_id)
                     break
                 await asyncio.sleep(EOS_RETRY_S)
 
-    def _send(self, kind: StreamEvent, stream_id: str, entry: Mapping[str, Any], reason: str | None = None) -> bool:
+    def _send(self, kind: StreamEvent, stream_id: str, entry: Mapping[str, Any],
+              reason: str | None = None) -> Future[bool]:
         live = bool(entry["live"])
         report = StreamReport(
             kind=kind,
@@ -87,12 +98,14 @@ class StatusBeacon:
             publish_wall_ns=self._clock.wall_ns(),
             reason=reason,
         )
-        # Not a mask: a refused status (a lossless subscriber's queue is full) is simply sent again
-        # next period, and counts as no loss.
-        if not self._publisher.send(encode_report(report), count_drop=False):
-            return False
+        # Not a mask: a refused status is simply sent again next period, and counts as no loss. An end
+        # of stream goes out like a lossless mask (retried until a full subscriber queue has room),
+        # after the stream's last mask: the publisher's thread keeps their order.
+        eos = kind is StreamEvent.EOS
+        sent = self._publisher.send(encode_report(report), lossless=eos, count_drop=False)
         self.sent += 1
-        if kind is StreamEvent.EOS:
+        refused_at_once = sent.done() and sent.result() is False  # the thread's queue was full: try again
+        if eos and not refused_at_once:
             self.ended.add(stream_id)
             log.info("stream %s: end of stream (%s), final seq %d", stream_id, reason, report.last_seq)
-        return True
+        return sent

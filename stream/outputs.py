@@ -6,10 +6,12 @@ Both bind first, so a taken port or a bad address fails in well under a second. 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from decision_bridge.curve import CurveServer
 from decision_bridge.publisher import MaskPublisher, PublisherError
 from stream.delivery import DeliveryMode, publisher_for
 from web_viewer.app import ViewerError, ViewerServer
@@ -19,20 +21,41 @@ log = logging.getLogger(__name__)
 ADDRESS_IN_USE = "in use"  # how both bind errors say it
 
 
-def bind_publisher(address: str, *, fallback: bool, mode: DeliveryMode = DeliveryMode.PUB) -> MaskPublisher:
-    publisher = publisher_for(address, mode)
+def bind_publisher(address: str, *, fallback: bool, mode: DeliveryMode = DeliveryMode.PUB,
+                   curve: CurveServer | None = None, stream_ids: Iterable[str] | None = None) -> MaskPublisher:
+    publisher = publisher_for(address, mode, stream_ids, curve=curve)
     try:
         publisher.bind()
     except PublisherError as exc:
         if not fallback or ADDRESS_IN_USE not in str(exc):
             raise
         publisher.close()
-        publisher = publisher_for(address.rsplit(":", 1)[0] + ":0", mode)
+        publisher = publisher_for(address.rsplit(":", 1)[0] + ":0", mode, stream_ids, curve=curve)
         publisher.bind()
         log.warning("%s is in use; publishing on %s instead", address, publisher.bound_address)
+    if curve is None and not is_local(publisher.bound_address):
+        log.warning("masks are published unencrypted to anyone who can reach %s; use --zmq-curve-key "
+                    "(and --zmq-curve-clients), or bind 127.0.0.1", publisher.bound_address)
+    elif curve is not None:
+        log.info("masks are CURVE-encrypted; %s", f"only the clients in {curve.clients_dir} are admitted"
+                 if curve.clients_dir else "any client with the server's public key is admitted")
     log.info("masks: %s  (watch: python -m decision_bridge.subscriber %s)",
              publisher.bound_address, publisher.bound_address)
     return publisher
+
+
+def is_local(endpoint: str) -> bool:
+    """Whether only this host can reach ``endpoint``: ipc://, inproc:// or TCP on a loopback address."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return transport in ("ipc", "inproc")
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, an interface or the wildcard *
 
 
 async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any]], *,

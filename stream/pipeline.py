@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from decision_bridge.io_thread import PublisherThread
 from decision_bridge.publisher import MaskPublisher
 from decision_bridge.schema import Encoding, encode
 from models.backends.base import InferenceBackend
@@ -30,7 +31,7 @@ from stream.batcher import AllStreamsEnded, Batcher
 from stream.clock import MONOTONIC, Clock
 from stream.config import PipelineConfig
 from stream.daemon_executor import DaemonThreadExecutor
-from stream.delivery import deliver
+from stream.delivery import deliver, wait_for_subscribers
 from stream.frame import Frame
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
@@ -82,6 +83,7 @@ class Pipeline:
         self._streams: dict[str, tuple[FrameSource, BoundedQueue[Frame]]] = {}  # by stream id
         self._results: BoundedQueue[Inferred] = BoundedQueue("results", config.result_depth, DropPolicy.BLOCK)
         self._publisher: MaskPublisher | None = None
+        self._io: PublisherThread | None = None
         self.run_id = secrets.token_hex(8)  # in every message: subscribers tell a restart from a gap
         self._beacon: StatusBeacon | None = None
         self._beacon_task: asyncio.Task[None] | None = None
@@ -155,10 +157,10 @@ class Pipeline:
         self._model_ready = True
         for source in self._sources:
             await source.start()
-        if self._publisher and self.config.zmq_wait_subscriber_s > 0:
+        if self._io and self.config.zmq_wait_subscriber_s > 0:
             wanted = self.config.zmq_subscribers
             joined = await self._unless_stopped(
-                self._publisher.wait_for_subscriber(self.config.zmq_wait_subscriber_s, count=wanted))
+                wait_for_subscribers(self._io, self.config.zmq_wait_subscriber_s, wanted))
             log.info("%d subscriber(s) %s", wanted, "joined" if joined else "did not join in time; publishing anyway")
 
     async def _open_sources(self) -> None:
@@ -181,10 +183,13 @@ class Pipeline:
     def _bind_publisher(self) -> None:
         if self.config.zmq_address:
             self._publisher = bind_publisher(self.config.zmq_address, fallback=self.config.zmq_fallback,
-                                             mode=self.config.zmq_mode)
+                                             mode=self.config.zmq_mode, curve=self.config.zmq_curve,
+                                             stream_ids=[source.source_id for source in self._sources])
             self.zmq_address = self._publisher.bound_address
+            self._io = PublisherThread(self._publisher)  # from here on, the socket is the thread's alone
+            self._io.start()
             # Status flows from here on, through model loading: a subscriber sees "connecting", not silence.
-            self._beacon = StatusBeacon(self._publisher, self.run_id, self.stream_status, self._clock,
+            self._beacon = StatusBeacon(self._io, self.run_id, self.stream_status, self._clock,
                                         max_age_ms=self.config.max_age_ms)
             self._beacon_task = asyncio.create_task(self._beacon.run(), name="status")
 
@@ -238,8 +243,8 @@ class Pipeline:
             await self._viewer.close()
         if self._hub:
             await self._hub.close()
-        if self._publisher:
-            await self._close_publisher(self._publisher)
+        if self._io:
+            await self._close_publisher(self._io)
         # A model still loading (stop during start-up) or a forced stop is not waited for.
         if self._backend is not None and not self._aborted:
             with contextlib.suppress(Exception):  # on its own thread: CUDA contexts are per thread
@@ -248,7 +253,7 @@ class Pipeline:
         self._post_pool.shutdown(wait=not self._aborted)
         self._decode_pool.shutdown(wait=not self._aborted)
 
-    async def _close_publisher(self, publisher: MaskPublisher) -> None:
+    async def _close_publisher(self, io: PublisherThread) -> None:
         """End of stream for every stream after its last mask, then close; the linger lets both reach
         subscribers that keep up (a dead one costs at most the linger), off the event loop."""
         if self._beacon_task is not None:
@@ -256,8 +261,8 @@ class Pipeline:
             await asyncio.gather(self._beacon_task, return_exceptions=True)
         if self._beacon is not None and not self._aborted:
             await self._beacon.finish()
-        self.ledger.zmq_hwm = publisher.dropped_hwm
-        await self._in(self._post_pool, publisher.close, 0 if self._aborted else FLUSH_LINGER_MS)
+        await self._in(self._post_pool, io.close, 0 if self._aborted else FLUSH_LINGER_MS)
+        self.ledger.zmq_hwm = io.publisher.dropped_hwm + io.dropped_queue
 
     # ------------------------------------------------------------------ status
 
@@ -389,8 +394,8 @@ class Pipeline:
             max_age_ms=self.config.max_age_ms if source.live else None,
             run_id=self.run_id,
         )
-        if self._publisher:
-            await deliver(self._publisher, self.config.zmq_mode, encode(header, encoded.payload))
+        if self._io:
+            await deliver(self._io, self.config.zmq_mode, encode(header, encoded.payload))
         sent_ns = self._clock.now_ns()
         if self._gate is not None:  # what admission to a batch costs until publish, as measured
             self._gate.observe((sent_ns - item.batch_start_ns) / 1e6)

@@ -5,7 +5,6 @@ subscriber loses old masks instead of delaying anyone."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import cv2
 import numpy as np
@@ -81,7 +80,9 @@ async def test_latest_keeps_the_newest_mask_fresh_and_a_slow_subscriber_delays_n
         control.connect(pipeline.zmq_address)
         slow = MaskSubscriber(pipeline.zmq_address, ["cam"], rcv_hwm=2)
         slow.connect()
-        ages_ms: list[float] = []
+        published: list[int] = []  # publish times, as the pipeline sent them
+        pipeline.observers.append(lambda frame, header, sent_ns: published.append(header.publish_mono_ns))
+        behind: list[int] = []  # per read: how many newer masks had been published than the one held
         slow_seqs: list[int] = []
         try:
             while not task.done():
@@ -90,15 +91,16 @@ async def test_latest_keeps_the_newest_mask_fresh_and_a_slow_subscriber_delays_n
                 if message is not None:
                     slow_seqs.append(message.header.seq)
                 if control.poll(0):
-                    newest = decode_single_frame(control.recv())
-                    ages_ms.append((time.monotonic_ns() - newest.header.capture_mono_ns) / 1e6)
+                    held = decode_single_frame(control.recv()).header.publish_mono_ns
+                    behind.append(sum(1 for t in published if t > held))
             summary = task.result()
         finally:
             slow.close()
             control.close()
             context.term()
-    period_ms = 1000 / rate
-    assert ages_ms and max(ages_ms) < 2 * period_ms + 200, ages_ms  # one period apart, plus the model's latency
+    # The control loop always holds the newest mask, or the one before while the newest is on the wire:
+    # never older than two frame periods of the stream, however slow the other subscriber.
+    assert behind and max(behind) <= 1, behind
     assert sorted(slow_seqs) == slow_seqs  # whatever the slow one got, in order
     stream = summary["streams"]["cam"]
     assert stream["frames_in"] == 30 and sum(stream["dropped"].values()) == 0, stream  # nobody waited on it

@@ -1,0 +1,113 @@
+"""Subscription flood: pipeline frame rate, memory and event-loop stalls with and without a peer
+sending 30k subscriptions of 1 KB (issue 10's hostile peer), interleaved in one run.
+
+    python -m benchmarks.flood [--rounds 3]
+
+The publisher applies only prefixes of topics it can send (XPUB_MANUAL) and reads subscriptions
+on its own thread, so the flood should change nothing; the target is the frame-rate ratio
+(>= 0.9) and memory (< 50 MB more), measured here rather than in a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from models.backends.common import Precision
+from stream.config import PipelineConfig
+from tests.pipeline_helpers import LOOPBACK_ANY, running, wait_for
+
+FLOOD = 30_000
+FLOOD_BYTES = 1024
+FLOODER = textwrap.dedent("""
+    import os, sys, time, zmq
+    address, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ctx = zmq.Context(); sock = ctx.socket(zmq.SUB); sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)  # no limit: every subscription goes out
+    sock.connect(address)
+    for i in range(count):  # prefixes of no topic the publisher sends: all must be refused
+        sock.setsockopt(zmq.SUBSCRIBE, b"mask/x" + i.to_bytes(4, "big") + os.urandom(size - 10))
+    sock.setsockopt(zmq.SUBSCRIBE, b"mask/cam")  # then one real subscription: the pipeline starts
+    print("flooded", flush=True)
+    while sock.poll(60000):
+        sock.recv_multipart()
+""")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def run_once(flood: int) -> tuple[float, float, float, int]:
+    """(frames/s, RSS growth MB, longest event-loop stall s, subscriptions refused)."""
+    config = PipelineConfig(sources=("cam=synthetic:seed=3,size=256x128,frames=60",), model="demo",
+                            precision=Precision.FP32, zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=60.0,
+                            viewer=None, stats_interval_s=0)
+    stall = 0.0
+
+    async def ticker() -> None:
+        nonlocal stall
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            stall = max(stall, loop.time() - before - 0.01)
+
+    rss_before = _rss_mb()
+    ticking = asyncio.create_task(ticker())
+    async with running(config) as (pipeline, task):
+        await wait_for(lambda: pipeline.zmq_address is not None, what="publisher bind")
+        address = str(pipeline.zmq_address)
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, address, str(flood), str(FLOOD_BYTES)],
+                                   stdout=subprocess.DEVNULL)
+        try:
+            summary = await asyncio.wait_for(task, 120)
+        finally:
+            flooder.kill()
+            flooder.wait(10)
+    ticking.cancel()
+    assert pipeline._publisher is not None
+    return summary["fps"], _rss_mb() - rss_before, stall, pipeline._publisher.rejected_subscriptions
+
+
+
+
+async def measure(rounds: int) -> dict[str, object]:
+    await run_once(0)  # warm-up: model, threads and allocator arenas
+    quiet, flooded = [], []
+    for _ in range(rounds):
+        quiet.append(await run_once(0))
+        flooded.append(await run_once(FLOOD))
+    fps, flood_fps = max(r[0] for r in quiet), max(r[0] for r in flooded)
+    return {
+        "flood": {"subscriptions": FLOOD, "bytes_each": FLOOD_BYTES},
+        "quiet": [dict(zip(("fps", "rss_growth_mb", "max_loop_stall_s", "refused"), r, strict=True)) for r in quiet],
+        "flooded": [dict(zip(("fps", "rss_growth_mb", "max_loop_stall_s", "refused"), r, strict=True))
+                    for r in flooded],
+        "fps_ratio": round(flood_fps / fps, 3),
+        "rss_growth_difference_mb": round(min(r[1] for r in flooded) - min(r[1] for r in quiet), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flood-cpu-2core-x86_64.json"))
+    args = parser.parse_args(argv)
+    result = asyncio.run(measure(args.rounds))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("fps_ratio", "rss_growth_difference_mb")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
