@@ -132,9 +132,10 @@ class StreamHealth:
         )
 
     def _fresh_limit_ns(self, alive_timeout_ns: int) -> float:
-        """A mask is fresh within FRESH_MASK_PERIODS of the publisher's announced mask rate; before any
-        announcement (an older publisher), within the alive timeout."""
-        rate = self.report.mask_fps if self.report is not None else None
+        """A mask is fresh within FRESH_MASK_PERIODS of the publisher's announced mask rate (or frame
+        rate, before it has one); before any announcement (an older publisher), within the alive timeout."""
+        # Before two masks give a mask rate, the source's frame rate stands in for it.
+        rate = (self.report.mask_fps or self.report.fps) if self.report is not None else None
         if not rate:
             return alive_timeout_ns
         return max(alive_timeout_ns, FRESH_MASK_PERIODS * NS_PER_S / rate)

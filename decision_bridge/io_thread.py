@@ -25,7 +25,7 @@ REQUEST_QUEUE_DEPTH = 64
 # Subscription messages read per turn of the thread (about 1 ms of work): a flood of them is drained
 # quickly, so the ones ZeroMQ keeps queued for us until read do not pile up.
 SUBSCRIPTIONS_PER_TURN = 512
-IDLE_POLL_S = 0.005  # between requests: how often subscriptions are read
+IDLE_POLL_S = 0.05  # between requests: how often subscriptions are read (waking less often costs the GIL less)
 RETRY_S = 0.001  # a lossless message refused for a full subscriber queue is tried again this soon
 
 

@@ -29,7 +29,7 @@ SUBSCRIBER_POLL_S = 0.005
 # (un)subscriptions can never stall the publish path; the rest are read on the next call.
 MAX_SUBSCRIPTIONS_PER_DRAIN = 64
 # Every topic a publisher sends starts with one of these (masks, their single-frame form, status, eos).
-TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/")
+TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/", b"road/")
 MAX_STREAM_ID_BYTES = 255
 MAX_SUBSCRIPTION_BYTES = max(len(kind) for kind in TOPIC_KINDS) + MAX_STREAM_ID_BYTES
 HEARTBEAT_IVL_MS = 1000
@@ -61,6 +61,7 @@ class MaskPublisher:
         nodrop: bool = False,
         send_buffer_bytes: int | None = None,
         stream_ids: Iterable[str] | None = None,
+        heartbeat: bool = True,
         context: zmq.Context | None = None,
         curve: CurveServer | None = None,
     ) -> None:
@@ -75,6 +76,10 @@ class MaskPublisher:
         self.sent = 0
         self.dropped_hwm = 0
         self.refused = 0  # sends refused for a full queue (nodrop), retried or not
+        # Transport heartbeats drop a subscriber that stops answering. Off for lossless delivery: a
+        # subscriber that stops reading also stops answering pings (they queue behind the unread
+        # data), and lossless means waiting for it, not dropping it.
+        self.heartbeat = heartbeat
         self.rejected_subscriptions = 0  # prefixes that match no topic this publisher can send
         # Subscriptions are applied by us (XPUB_MANUAL), only for prefixes of topics we can send:
         # those of ``stream_ids`` when given, else of any stream id up to MAX_STREAM_ID_BYTES. A peer
@@ -109,8 +114,9 @@ class MaskPublisher:
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
         # Transport heartbeats: a subscriber that stops answering (frozen, host gone) is disconnected
         # after the timeout, and its queue (up to send_hwm messages) freed, instead of kept forever.
-        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        if self.heartbeat:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         if self.curve is not None:
             self.curve.apply(sock)
             try:  # the ZAP handler is up before the first client can connect

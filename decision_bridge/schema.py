@@ -109,6 +109,8 @@ class MaskHeader:
     reconnects: int = 0  # times this stream was re-opened after a loss, so far
     run_id: str = ""  # random per publisher run: a new value means the publisher restarted
     media_ns: int | None = None  # the source's own timestamp of the frame (media position, RTSP pts)
+    frame_height: int | None = None  # the frame's size when the mask is smaller (--mask-scale); None: same
+    frame_width: int | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -198,6 +200,8 @@ def header_to_json(header: MaskHeader) -> dict[str, Any]:
         "reconnects": header.reconnects,
         "run_id": header.run_id,
         "media_ns": header.media_ns,
+        "frame_height": header.frame_height,
+        "frame_width": header.frame_width,
     }
 
 
@@ -260,6 +264,8 @@ def header_from_json(obj: Mapping[str, Any]) -> MaskHeader:
         reconnects=_take_optional(obj, "reconnects", int, 0),
         run_id=_take_optional(obj, "run_id", str, ""),
         media_ns=_take_optional(obj, "media_ns", int, None),
+        frame_height=_take_optional(obj, "frame_height", int, None),
+        frame_width=_take_optional(obj, "frame_width", int, None),
     )
     _check_header(header)
     return header
@@ -309,18 +315,24 @@ def _check_header(h: MaskHeader) -> None:
 
 
 def _decode_payload(header: MaskHeader, payload: bytes) -> np.ndarray:
-    expected = header.height * header.width
-    data = payload if header.encoding is Encoding.RAW else _inflate(payload, expected)
+    return decode_layer(payload, header.encoding, header.height, header.width, len(header.classes))
+
+
+def decode_layer(payload: bytes, encoding: Encoding, height: int, width: int, classes: int) -> np.ndarray:
+    """A ``height`` x ``width`` uint8 layer (read-only) from its payload; every value < ``classes``.
+    Shared by masks and the road layer (section 4's rules)."""
+    expected = height * width
+    data = payload if encoding is Encoding.RAW else _inflate(payload, expected)
     if len(data) != expected:
         raise SchemaError(
-            f"{header.encoding.value} payload decodes to {len(data)} bytes, "
-            f"expected height*width = {header.height}*{header.width} = {expected}"
+            f"{encoding.value} payload decodes to {len(data)} bytes, "
+            f"expected height*width = {height}*{width} = {expected}"
         )
-    mask = np.frombuffer(data, dtype=np.uint8).reshape(header.height, header.width)
+    mask = np.frombuffer(data, dtype=np.uint8).reshape(height, width)
     mask.setflags(write=False)
     top = int(mask.max())
-    if top >= len(header.classes):
-        raise SchemaError(f"mask contains class id {top} but header lists {len(header.classes)} classes")
+    if top >= classes:
+        raise SchemaError(f"mask contains class id {top} but header lists {classes} classes")
     return mask
 
 

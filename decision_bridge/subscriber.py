@@ -31,6 +31,7 @@ from decision_bridge.liveness import (
     is_stream_topic,
     stream_topic,
 )
+from decision_bridge.road import ROAD_PREFIX, RoadMessage, decode_road, road_topic
 from decision_bridge.schema import (
     DEFAULT_ADDRESS,
     TOPIC_PREFIX,
@@ -66,6 +67,7 @@ class MaskSubscriber:
         min_rate_hz: float | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         rcv_hwm: int = DEFAULT_RCV_HWM,
+        heartbeat: bool = True,
         context: zmq.Context | None = None,
         curve: CurveClient | None = None,
     ) -> None:
@@ -78,12 +80,16 @@ class MaskSubscriber:
         self.rejected = 0
         self._clock = clock
         self._rcv_hwm = rcv_hwm
+        # Off for a lossless consumer that reads slowly on purpose: while it is not reading, the
+        # publisher's pongs queue behind unread messages and the heartbeat would hang up on it.
+        self._heartbeat = heartbeat
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
         self._socket: zmq.Socket | None = None
         self._poller = zmq.Poller()
         self._state: dict[str, StreamHealth] = {}
         self.reports = 0  # status and end-of-stream messages received
+        self._roads: dict[str, RoadMessage] = {}  # the newest drivable space per stream
         self._closed = False
 
     def connect(self) -> None:
@@ -93,8 +99,9 @@ class MaskSubscriber:
         sock = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self._rcv_hwm)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        if self._heartbeat:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         # Prefix filtering: "mask/cam" also matches "mask/cam2", so recv() re-checks the
         # decoded stream_id exactly. No CONFLATE: it breaks multipart messages.
         for topic in self._topics():
@@ -110,10 +117,10 @@ class MaskSubscriber:
     def _topics(self) -> list[bytes]:
         """Masks, status and end of stream: of every stream, or of each one asked for."""
         if self.streams is None:
-            return [TOPIC_PREFIX, STATUS_PREFIX, EOS_PREFIX]
+            return [TOPIC_PREFIX, STATUS_PREFIX, EOS_PREFIX, ROAD_PREFIX]
         return [topic(s) for s in sorted(self.streams)
                 for topic in (topic_for, lambda sid: stream_topic(StreamEvent.STATUS, sid),
-                              lambda sid: stream_topic(StreamEvent.EOS, sid))]
+                              lambda sid: stream_topic(StreamEvent.EOS, sid), road_topic)]
 
     def close(self) -> None:
         """Close the socket (linger 0). Safe to call twice."""
@@ -163,6 +170,11 @@ class MaskSubscriber:
             if parts and is_stream_topic(bytes(parts[0])):
                 self._on_report(decode_report(parts))
                 return None
+            if parts and bytes(parts[0]).startswith(ROAD_PREFIX):
+                road = decode_road(parts)
+                if self.streams is None or road.header.stream_id in self.streams:
+                    self._roads[road.header.stream_id] = road
+                return None
             message = decode(parts)
         except SchemaError as exc:
             self.rejected += 1
@@ -211,6 +223,11 @@ class MaskSubscriber:
         if state is None:
             return StreamStatus(False, 0.0, False, -1, 0, float("inf"))
         return state.status(self._clock(), alive_timeout_ns=self.alive_timeout_ns, min_rate_hz=self.min_rate_hz)
+
+    def road(self, stream_id: str) -> RoadMessage | None:
+        """The newest drivable space of ``stream_id`` received (its ``seq`` matches that frame's mask);
+        None when the publisher's model or backend has no road layer."""
+        return self._roads.get(stream_id)
 
     def newest(self, timeout_s: float = 0.0) -> dict[str, MaskMessage]:
         """Latest-only use (a control loop): drain everything queued and keep each stream's newest

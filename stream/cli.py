@@ -17,7 +17,7 @@ from typing import Any
 from decision_bridge.curve import CurveServer
 from models.cli_args import int_at_least, positive_float, size_arg
 from stream.batcher import BatchConfig
-from stream.config import DEFAULT_MAX_AGE_MS, DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, PipelineConfig
+from stream.config import DEFAULT_MAX_AGE_MS, DEFAULT_VIEWER, DEFAULT_ZMQ_ADDRESS, MASK_SCALES, PipelineConfig
 from stream.delivery import DeliveryMode
 from stream.sources.base import ReplayMode
 from stream.sources.cameras import RtspTransport
@@ -76,6 +76,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="pub: every mask, a slow subscriber loses messages alone (default); latest: the newest "
                         "mask, old ones dropped for slow subscribers, plus a single-frame form for CONFLATE; "
                         "lossless: every mask in order, the pipeline waits for the slowest subscriber")
+    p.add_argument("--mask-scale", type=int, choices=MASK_SCALES, default=1, metavar="N",
+                   help="publish every Nth pixel of masks and road layers (1, 2, 4, 8; default 1: full size); "
+                        "IoU and the viewer keep the full mask")
     p.add_argument("--zmq-subscribers", type=int_at_least(1), default=1, metavar="N",
                    help="--zmq-wait waits for this many subscribers (default 1)")
     p.add_argument("--zmq-wait", type=float, default=0.0, metavar="SECONDS",
@@ -161,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         zmq_curve=_curve_server(args),
         backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
         zmq_wait_subscriber_s=args.zmq_wait, zmq_subscribers=args.zmq_subscribers,
-        zmq_mode=DeliveryMode(args.zmq_mode), viewer=args.viewer, realtime=args.realtime,
+        zmq_mode=DeliveryMode(args.zmq_mode), mask_scale=args.mask_scale, viewer=args.viewer, realtime=args.realtime,
         replay_rate=args.rate,
         # No --max-batch: chosen once the backend says which device it runs on (no torch import here).
         batch=BatchConfig(max_batch=args.max_batch or 1, max_wait_ms=args.max_wait_ms),

@@ -19,7 +19,8 @@ DEFAULT_MAX_AGE_MS = 500.0  # a live mask older than this at publish is useless 
 # Batching pays on a GPU; on a CPU a batch of large frames is slower per frame than one
 # frame at a time (measured: DABNet 1024x512, batch 8 at 0.5-0.9x the fps of batch 1).
 GPU_MAX_BATCH, CPU_MAX_BATCH = 8, 1
-LIVE_QUEUE_DEPTH = 1  # a live stream keeps only its newest frame waiting
+LIVE_QUEUE_DEPTH = 1
+MASK_SCALES = (1, 2, 4, 8)  # a live stream keeps only its newest frame waiting
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class PipelineConfig:
     # checked when the CurveServer is made, so a bad one fails at configuration, before the model loads.
     zmq_curve: CurveServer | None = None
     mask_encoding: str = "u8-zlib"
+    mask_scale: int = 1  # publish every Nth pixel of the mask and road layer (1, 2, 4 or 8)
     viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
     viewer_fallback: bool = False  # demo: if the port is taken, serve on a free one
     max_frames: int | None = None  # per source
@@ -75,6 +77,8 @@ class PipelineConfig:
             raise ValueError(f"zmq_curve must be a CurveServer, got {type(self.zmq_curve).__name__}")
         if self.zmq_curve is not None and not self.zmq_address:
             raise ValueError("CURVE keys (--zmq-curve-key) were given, but publishing is off (--zmq off)")
+        if self.mask_scale not in MASK_SCALES:
+            raise ValueError(f"mask_scale must be one of {MASK_SCALES}, got {self.mask_scale}")
         if self.zmq_subscribers < 1:
             raise ValueError(f"zmq_subscribers must be >= 1, got {self.zmq_subscribers}")
         if not self.max_age_ms > 0:

@@ -43,12 +43,12 @@ def publisher_for(address: str, mode: DeliveryMode, stream_ids: Iterable[str] | 
     if mode is DeliveryMode.LATEST:
         return MaskPublisher(address, send_hwm=LATEST_SEND_HWM, stream_ids=stream_ids, curve=curve)
     if mode is DeliveryMode.LOSSLESS:
-        return MaskPublisher(address, send_hwm=LOSSLESS_SEND_HWM, nodrop=True, curve=curve,
+        return MaskPublisher(address, send_hwm=LOSSLESS_SEND_HWM, nodrop=True, curve=curve, heartbeat=False,
                              send_buffer_bytes=LOSSLESS_SEND_BUFFER_BYTES, stream_ids=stream_ids)
     return MaskPublisher(address, send_hwm=DEFAULT_SEND_HWM, stream_ids=stream_ids, curve=curve)
 
 
-async def deliver(io: PublisherThread, mode: DeliveryMode, parts: list[bytes]) -> None:
+async def deliver(io: PublisherThread, mode: DeliveryMode, parts: list[bytes], *, single_frame: bool = True) -> None:
     """Send one mask message as ``mode`` wants, through the publisher's own thread; in lossless
     mode wait (awaiting, never blocking the event loop) until every subscriber's queue has room."""
     if mode is DeliveryMode.LOSSLESS:
@@ -56,7 +56,7 @@ async def deliver(io: PublisherThread, mode: DeliveryMode, parts: list[bytes]) -
             await asyncio.sleep(LOSSLESS_RETRY_S)  # the thread's queue was full, or it is closing
         return
     io.send(parts)
-    if mode is DeliveryMode.LATEST:
+    if mode is DeliveryMode.LATEST and single_frame:  # masks only: the CONFLATE form
         io.send([to_single_frame(parts)], count_drop=False)
 
 

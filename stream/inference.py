@@ -29,7 +29,8 @@ MIN_ADMIT_SHARE = 0.2
 # Say the model is too slow for the budget only once it has been for this many frames, not
 # on one hiccup (the first batch at a new frame size, a page-in).
 WARN_AFTER_FRAMES = 25
-Success: TypeAlias = tuple[Frame, np.ndarray, bool, BackendTimings]
+# (frame, mask, finite, timings, road layer or None)
+Success: TypeAlias = tuple[Frame, np.ndarray, bool, BackendTimings, np.ndarray | None]
 
 
 class StalenessGate:
@@ -98,6 +99,7 @@ class IsolatedInference:
                 successes += ok
                 failures += failed
             return successes, failures
-        successes = [(frame, mask, valid, out.timings)
-                     for frame, mask, valid in zip(frames, out.masks, out.valid, strict=True)]
+        roads = getattr(out, "road", None) or [None] * len(frames)  # only backends that provide_road fill it
+        successes = [(frame, mask, valid, out.timings, road)
+                     for frame, mask, valid, road in zip(frames, out.masks, out.valid, roads, strict=True)]
         return successes, []

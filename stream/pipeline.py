@@ -40,7 +40,16 @@ from stream.outputs import bind_publisher, start_viewer
 from stream.queues import DROP_CAUSE_QUEUE_FULL, BoundedQueue, DropPolicy, QueueClosed
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.sources.live import DROP_CAUSE_SUPERSEDED
-from stream.stages import Encoded, Inferred, encode_result, frame_record, make_header, validity, viewer_info
+from stream.stages import (
+    Encoded,
+    Inferred,
+    encode_result,
+    frame_record,
+    make_header,
+    road_parts,
+    validity,
+    viewer_info,
+)
 from stream.telemetry import Telemetry
 from stream.void_mask import parse_void_masks
 from web_viewer.app import ViewerServer
@@ -353,8 +362,9 @@ class Pipeline:
                 done_ns = self._clock.now_ns()
                 for frame, reason in failures:
                     self._inference_failed(frame, reason)
-                for frame, mask, finite, timings in results:
-                    await self._results.put(Inferred(frame, mask, finite, len(frames), start_ns, done_ns, timings))
+                for frame, mask, finite, timings, road in results:
+                    await self._results.put(Inferred(frame, mask, finite, len(frames), start_ns, done_ns, timings,
+                                                     road))
         finally:
             self._results.close()
 
@@ -374,7 +384,7 @@ class Pipeline:
             void = self._void_masks.get(item.frame.source_id)
             # Without a publisher the mask is only scored and shown: skip compressing it.
             encoding = self._encoding if self._publisher else None
-            encoded = await self._in(self._post_pool, encode_result, item, encoding, void)
+            encoded = await self._in(self._post_pool, encode_result, item, encoding, void, self.config.mask_scale)
             await self._publish(encoded)
 
     async def _publish(self, encoded: Encoded) -> None:
@@ -396,6 +406,8 @@ class Pipeline:
         )
         if self._io:
             await deliver(self._io, self.config.zmq_mode, encode(header, encoded.payload))
+            if encoded.road is not None:
+                await deliver(self._io, self.config.zmq_mode, road_parts(header, encoded.road), single_frame=False)
         sent_ns = self._clock.now_ns()
         if self._gate is not None:  # what admission to a batch costs until publish, as measured
             self._gate.observe((sent_ns - item.batch_start_ns) / 1e6)

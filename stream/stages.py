@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from decision_bridge.road import RoadHeader, encode_road
 from decision_bridge.schema import Encoding, IoUReport, MaskHeader, StageTimings, encode_mask
 from models.backends.base import BackendTimings
+from models.classes import Category
+from models.drivable import DrivableSpace, drivable_space
 from models.evaluation.metrics import confusion_matrix, per_class_iou
 from stream.frame import Frame
 from stream.health import StreamHealth
@@ -31,6 +34,16 @@ class Inferred:
     batch_start_ns: int  # when its batch left the queues
     done_ns: int  # when the mask was on the host
     timings: BackendTimings
+    road: np.ndarray | None = None  # the road layer (HxW bool), from backends that provide it
+
+
+@dataclass(frozen=True, slots=True)
+class RoadOut:
+    """Drivable space of one frame, ready to publish."""
+
+    free_rows: np.ndarray  # per column of the frame
+    layer: np.ndarray  # the road layer at the published mask's size
+    space: DrivableSpace
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +53,41 @@ class Encoded:
     item: Inferred
     payload: bytes
     confusion: np.ndarray | None
+    shape: tuple[int, int] = (0, 0)  # of the published mask (the frame's, or smaller with --mask-scale)
+    road: RoadOut | None = None
 
 
-def encode_result(item: Inferred, encoding: Encoding | None, void: VoidMask | None = None) -> Encoded:
-    """Blocking (runs on the post-processing thread): static void, IoU counts, and the mask
-    payload when it will be published (``encoding`` None: nothing is sent, nothing encoded)."""
+def encode_result(item: Inferred, encoding: Encoding | None, void: VoidMask | None = None,
+                  scale: int = 1) -> Encoded:
+    """Blocking (runs on the post-processing thread): static void, IoU counts (at full size), and
+    what will be published (``encoding`` None: nothing is sent, nothing encoded): the mask, every
+    ``scale``-th pixel, and the drivable space when the backend gave a road layer."""
     if void is not None:
         void.apply(item.mask)
     truth = item.frame.truth
     confusion = confusion_matrix(truth, item.mask) if truth is not None else None
-    payload = encode_mask(item.mask, encoding) if encoding is not None else b""
-    return Encoded(item, payload, confusion)
+    published = downscale(item.mask, scale)
+    payload = encode_mask(published, encoding) if encoding is not None else b""
+    road = None
+    if item.road is not None and encoding is not None:
+        road = road_output(item.mask, item.road, scale)
+    return Encoded(item, payload, confusion, (published.shape[0], published.shape[1]), road)
+
+
+def downscale(layer: np.ndarray, scale: int) -> np.ndarray:
+    """Every ``scale``-th pixel from the middle of each ``scale`` x ``scale`` block (nearest): ids
+    stay ids, no class appears that the full mask lacks."""
+    if scale == 1:
+        return layer
+    return np.ascontiguousarray(layer[scale // 2::scale, scale // 2::scale])
+
+
+def road_output(mask: np.ndarray, road: np.ndarray, scale: int) -> RoadOut:
+    # After the static void: never road where the final mask is not flat ground.
+    road = road & (mask == Category.FLAT)
+    space = drivable_space(mask, road)
+    assert space.free_rows is not None  # a road layer was given
+    return RoadOut(np.asarray(space.free_rows), downscale(road, scale), space)
 
 
 def iou_report(confusion: np.ndarray | None) -> IoUReport | None:
@@ -100,8 +137,10 @@ def make_header(
         capture_wall_ns=frame.capture_wall_ns,
         publish_mono_ns=publish_ns,
         publish_wall_ns=publish_wall_ns,
-        height=frame.height,
-        width=frame.width,
+        height=encoded.shape[0] or frame.height,
+        width=encoded.shape[1] or frame.width,
+        frame_height=frame.height,
+        frame_width=frame.width,
         encoding=encoding,
         model_id=model_id,
         timings=timings,
@@ -142,3 +181,24 @@ def viewer_info(header: MaskHeader, fps: float) -> dict[str, Any]:
     if header.iou is not None and header.iou.mean is not None:
         info["miou"] = round(header.iou.mean, 3)
     return info
+
+
+def road_parts(mask_header: MaskHeader, road: RoadOut) -> list[bytes]:
+    """The drivable-space message of the frame whose mask header is ``mask_header``."""
+    header = RoadHeader(
+        stream_id=mask_header.stream_id,
+        run_id=mask_header.run_id,
+        seq=mask_header.seq,
+        capture_mono_ns=mask_header.capture_mono_ns,
+        publish_mono_ns=mask_header.publish_mono_ns,
+        publish_wall_ns=mask_header.publish_wall_ns,
+        height=road.space.height,
+        width=road.space.width,
+        layer_height=road.layer.shape[0],
+        layer_width=road.layer.shape[1],
+        encoding=mask_header.encoding,
+        valid=mask_header.valid,
+        category_fractions=road.space.category_fractions,
+        road_fraction=road.space.road_fraction or 0.0,
+    )
+    return encode_road(header, road.free_rows, road.layer)

@@ -37,7 +37,8 @@ async def test_lossless_delivers_every_frame_in_order_and_the_pipeline_waits_for
                             zmq_mode=DeliveryMode.LOSSLESS, mask_encoding="u8-raw")
     async with running(config) as (pipeline, task):
         await wait_for(lambda: pipeline.zmq_address is not None, what="publisher bind")
-        sub = MaskSubscriber(pipeline.zmq_address, ["cam"], rcv_hwm=2)
+        # A lossless consumer that pauses on purpose: no heartbeat to hang up on it meanwhile.
+        sub = MaskSubscriber(pipeline.zmq_address, ["cam"], rcv_hwm=2, heartbeat=False)
         sub.connect()
         seqs: list[int] = []
         try:

@@ -155,7 +155,7 @@ async def test_replay_ends_with_eos_carrying_the_final_seq_after_the_last_mask(t
 
 
 async def test_status_flows_before_the_first_frame_and_between_slow_frames(tmp_path):
-    folder = _folder(tmp_path, 3)
+    folder = _folder(tmp_path, 8)  # 8 s at 1 frame/s: still running when checked, however late it started
     config = PipelineConfig(sources=(f"cam={folder}",), model="demo", precision=Precision.FP32,
                             zmq_address=LOOPBACK_ANY, viewer=None, stats_interval_s=0, realtime=True,
                             replay_rate=1.0)

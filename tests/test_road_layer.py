@@ -4,6 +4,7 @@ road class, and the road IoU eval reports and records."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -127,7 +128,8 @@ def test_eval_scores_the_road_layer_of_dabnet(dabnet_checkpoint, cityscapes_mini
     assert without.road_iou is None and "--no-road" in without.road_note
     assert result.road_iou == pytest.approx(_independent_road_iou(*loaded, cityscapes_mini), abs=1e-3)
     assert result.road_iou > 0.8, result.road_iou
-    assert "torch cpu fp32" in result.road_note
+    assert "the torch cpu fp32 backend's own road layer" in result.road_note  # no second pass
+    assert result.timing_ms["road_layer"] == 0
     line = next(line for line in format_table(result).splitlines() if line.startswith(ROAD_IOU_LABEL))
     assert f" {100 * result.road_iou:.2f}   (flat pixels where road outscores sidewalk" in line, line
     assert metrics_dict(result)["road_confusion"] == result.road_confusion.tolist()
@@ -137,6 +139,20 @@ def test_eval_scores_the_road_layer_of_dabnet(dabnet_checkpoint, cityscapes_mini
     card = read_card(Path(copy))
     assert card.metrics[EVAL_METRICS_KEY][key]["road_iou"] == pytest.approx(result.road_iou, abs=1e-6)
     assert card.layers == ("road",)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_a_backend_without_the_road_layer_is_scored_through_the_reference_pass(dabnet_checkpoint, cityscapes_mini,
+                                                                              tmp_path, monkeypatch):
+    """ONNX Runtime returns categories only: eval takes the margin from a second, torch pass, and
+    scores the same road layer as the torch backend emits (its categories agree on the mini frame)."""
+    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path))  # the export goes here
+    loaded = load_checkpoint(dabnet_checkpoint)
+    onnx = evaluate("dabnet", cityscapes_mini, size=MINI_SIZE, loaded=loaded, road=True, backend="onnxruntime",
+                    **EXACT)
+    torch_eval = evaluate("dabnet", cityscapes_mini, size=MINI_SIZE, loaded=loaded, road=True, **EXACT)
+    assert "margin from a torch cpu fp32 pass" in onnx.road_note and onnx.timing_ms["road_layer"] > 0
+    assert onnx.road_iou == pytest.approx(torch_eval.road_iou, abs=2e-3)
 
 
 def test_dabnet_road_iou_on_a_real_val_frame(dabnet_checkpoint, cityscapes_root):

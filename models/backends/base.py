@@ -20,9 +20,20 @@ class BackendTimings:
 
 @dataclass(frozen=True, slots=True)
 class BatchOutput:
+    """One batch's results, in input order.
+
+    ``road`` is the drivable-road layer (issue 10), filled only by a backend whose
+    ``provides_road`` is True (:class:`models.backends.common.BackendBase`): per image an HxW
+    bool mask at the image's own size, the flat pixels of ``masks`` where the road class
+    outscores the other flat classes (:func:`models.networks.category_head.split_layers`), so
+    always inside ``masks == Category.FLAT``. Every other backend leaves it None (the default):
+    nothing changes for them, and a consumer reads ``None`` as "no road layer", as
+    :func:`models.drivable.drivable_space` does."""
+
     masks: list[np.ndarray]  # per input image: HxW uint8 category ids at the image's own size
     valid: list[bool]  # False where the model produced non-finite logits
     timings: BackendTimings
+    road: list[np.ndarray | None] | None = None  # per image: HxW bool road layer, None where there is none
 
 
 class InferenceBackend(Protocol):
@@ -30,6 +41,9 @@ class InferenceBackend(Protocol):
     model_id: str
     device: str
     precision: str
+    # Every registered backend (a BackendBase) also has ``provides_road``: whether infer() fills
+    # ``BatchOutput.road``. Not a protocol member, so wrappers and test doubles need not declare it;
+    # a consumer that only holds an InferenceBackend reads ``BatchOutput.road`` (None: no road layer).
 
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
         """Blocking: HxWx3 uint8 RGB images (sizes may differ) -> one mask each."""

@@ -171,6 +171,10 @@ class BackendBase:
 
     device: Device
     precision: Precision
+    # True when this instance fills ``BatchOutput.road`` (the drivable-road layer, one HxW bool mask per
+    # image): a backend that runs the categories and the road margin of a model whose card lists the
+    # ``road`` layer (``card.has_road``). False, and ``road`` None, everywhere else; set by ``_load``.
+    provides_road: bool = False
 
     def __init__(
         self,

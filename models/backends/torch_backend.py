@@ -2,6 +2,15 @@
 
 Resize, normalisation, upsampling and argmax all run on the model's device;
 only a uint8 mask per frame comes back to the host.
+
+A model whose card lists the drivable-road layer (``card.has_road``: a 19-class Cityscapes
+:class:`~models.networks.category_head.CategoryFold`) runs
+:meth:`~models.networks.category_head.CategoryFold.forward_native_layers` instead: the 8
+category logits plus one road-margin channel, upsampled together, once, to each frame's size;
+:func:`~models.networks.category_head.split_layers` then gives the same argmax over the 8
+categories as the category-only forward (bit-identical masks) and the road layer (flat AND
+margin > 0), which comes back as an HxW bool mask per frame in ``BatchOutput.road``
+(``provides_road`` True).
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +37,8 @@ from models.backends.common import (
     parse_device,
     parse_precision,
 )
-from models.networks.category_head import inference_forward
+from models.classes import NUM_CLASSES
+from models.networks.category_head import inference_forward, road_layer_forward, split_layers
 
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 TORCH_PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.FP16)
@@ -58,13 +69,19 @@ def resolve_precision(precision: Precision | str, device: Device | str) -> Preci
 class TorchBackend(BackendBase):
     name = "torch"
     PRECISIONS = TORCH_PRECISIONS
+    # Whether this class runs the road layer's forward for a model that has one (card.has_road).
+    ROAD_LAYER: ClassVar[bool] = True
 
     def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self._torch_device = torch.device(self.device)
         self._model = model.eval().to(self._torch_device).to(memory_format=torch.channels_last)
-        self._net_forward = inference_forward(self._model)
+        layers = road_layer_forward(self._model) if self.ROAD_LAYER and self.card.has_road else None
+        # None for a card without the road layer, or a network without a Cityscapes road class
+        # (e.g. RoadPreference under a road card): the category-only forward, as before.
+        self.provides_road = layers is not None
+        self._net_forward = layers if layers is not None else inference_forward(self._model)
         spec = self.card.input
         std = torch.tensor(spec.std, dtype=torch.float32)
         # (x * scale - mean) / std folded into one multiply-add per pixel.
@@ -103,9 +120,9 @@ class TorchBackend(BackendBase):
             inference_ms = ms_since(start)
 
             start = time.monotonic_ns()
-            masks, valid = self._postprocess(logits, groups, len(images))
+            masks, valid, road = self._postprocess(logits, groups, len(images))
             postprocess_ms = ms_since(start)
-        return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))
+        return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms), road)
 
     def _preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         host = pinned_stack(images) if self.device == "cuda" else torch.from_numpy(np.stack(images))
@@ -119,20 +136,34 @@ class TorchBackend(BackendBase):
 
     def _postprocess(
         self, logits: torch.Tensor, groups: list[tuple[tuple[int, ...], list[int]]], count: int
-    ) -> tuple[list[np.ndarray], list[bool]]:
+    ) -> tuple[list[np.ndarray], list[bool], list[np.ndarray | None] | None]:
+        """Masks, finite flags and (when ``provides_road``) road layers, in input order, from the
+        network's output: the category logits, or with the road layer the category logits and the
+        road margin (:data:`~models.networks.category_head.LAYER_CHANNELS` channels)."""
         masks: list[np.ndarray] = [np.empty(0, np.uint8)] * count
-        finite = torch.isfinite(logits).flatten(1).all(dim=1).tolist()
+        road: list[np.ndarray | None] | None = [None] * count if self.provides_road else None
+        # The finite flag judges the categories only, as without the road layer.
+        categories = logits[:, :NUM_CLASSES] if self.provides_road else logits
+        finite = torch.isfinite(categories).flatten(1).all(dim=1).tolist()
         offset = 0
         for shape, indices in groups:
             part = logits[offset : offset + len(indices)]
             offset += len(indices)
             if tuple(part.shape[-2:]) != shape[:2]:
-                # Upsample scores, not labels: smoother, more accurate boundaries.
+                # Upsample scores, not labels: smoother, more accurate boundaries. With the road layer
+                # the margin is one more channel of the same upsampling.
                 part = F.interpolate(part.float(), size=shape[:2], mode="bilinear", align_corners=False)
-            labels = part.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            if road is None:
+                labels = part.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            else:
+                category_ids, drivable = split_layers(part)
+                labels = category_ids.to(torch.uint8).cpu().numpy()
+                roads = drivable.cpu().numpy()
+                for j, index in enumerate(indices):
+                    road[index] = roads[j]
             for j, index in enumerate(indices):
                 masks[index] = labels[j]
-        return masks, [bool(v) for v in finite]
+        return masks, [bool(v) for v in finite], road
 
 
 def pinned_stack(images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -16,6 +16,14 @@ constructor only compiles: torch.compile keeps its CUDA graphs per thread, so
 :meth:`CudaGraphBackend.warmup` records them, and must be called from the
 thread that will call ``infer`` (the pipeline does: both run on its inference
 thread). Without it the first calls of each size record them instead.
+
+No drivable-road layer (``provides_road`` is False, ``BatchOutput.road`` None): the graphs
+capture the category-only forward even for a model that has a road class. The road layer's
+forward (:meth:`~models.networks.category_head.CategoryFold.forward_native_layers`) indexes the
+road margin's sibling classes with a Python list (:func:`~models.networks.category_head.road_margin`):
+an index tensor built from host data (a synchronous host-to-device copy on CUDA), which stream
+capture is expected to reject; not verified on a GPU. For the road layer on CUDA use
+``--backend torch``.
 """
 
 from __future__ import annotations
@@ -93,6 +101,7 @@ class CudaGraphBackend(TorchBackend):
     DEVICES = (Device.AUTO, Device.CUDA)
     OPTIONS = ("batch_sizes", "compile")
     DEVICE_HINT = f"{NEEDS_GPU}; on the CPU use --backend torch"
+    ROAD_LAYER = False  # captures the category-only forward: see the module doc
 
     def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         self.batch_sizes = parse_batch_sizes(options.get("batch_sizes", DEFAULT_BATCH_SIZES))
@@ -206,6 +215,6 @@ class CudaGraphBackend(TorchBackend):
             inference_ms = ms_since(start)
 
             start = time.monotonic_ns()
-            masks, valid = self._postprocess(logits, groups, len(images))
+            masks, valid, road = self._postprocess(logits, groups, len(images))
             postprocess_ms = ms_since(start)
-        return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))
+        return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms), road)

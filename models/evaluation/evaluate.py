@@ -44,7 +44,7 @@ from models.evaluation.road import RoadReference, road_unavailable
 if TYPE_CHECKING:
     from torch import nn
 
-    from models.backends.base import InferenceBackend
+    from models.backends.base import BatchOutput, InferenceBackend
     from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,9 @@ def evaluate(
     (width, height), default the card's; masks are always scored at the label resolution.
     ``progress``: a bar on a terminal, else a line every few seconds on stderr. ``panels``
     frames, spread over the split, are kept downscaled for :func:`models.evaluation.report.write_report`.
-    ``road``: also score the drivable-road layer where the model has one (a second, torch pass per
-    batch; ``roadseg eval`` does unless ``--no-road``); ``result.road_note`` says why it was not.
+    ``road``: also score the drivable-road layer where the model has one (``roadseg eval`` does
+    unless ``--no-road``): the backend's own layer where it emits one (``provides_road``: torch),
+    else from a second, torch pass per batch; ``result.road_note`` says which, or why it was not.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -184,7 +185,7 @@ def evaluate(
     frames = list_frames(root, split, city, limit)
     engine, model, card = _make_backend(model_spec, loaded, backend, size, device, precision)
     width, height = size or card.input.size
-    road_reference, road_note = _road_reference(model, card, engine, size, road)
+    score_road, road_reference, road_note = _road_source(model, card, engine, size, road)
     log.info("eval %s with %s on %s (%s), input %dx%d, %d frames of %s/%s%s, batch %d", card.model_id,
              engine.name, engine.device, engine.precision, width, height, len(frames), root, split,
              f"/{city}" if city else "", batch)
@@ -211,7 +212,7 @@ def evaluate(
             if nxt is None:
                 return
             index, (image_path, truth_path) = nxt
-            pending.append(pool.submit(_decode, index, image_path, truth_path, road_reference is not None))
+            pending.append(pool.submit(_decode, index, image_path, truth_path, score_road))
 
     try:
         with progress_reporter(len(frames), progress) as bar:
@@ -239,8 +240,8 @@ def evaluate(
                 for i, (item, mask, valid) in enumerate(zip(chunk, out.masks, out.valid, strict=True)):
                     frame_cm = metrics.confusion_matrix(item.truth, mask)
                     cm += frame_cm
-                    if preferred is not None and item.road_truth is not None:
-                        road_cm += metrics.road_confusion(item.road_truth, road_mask(mask, preferred[i]))
+                    if item.road_truth is not None:
+                        road_cm += metrics.road_confusion(item.road_truth, _road_layer(out, i, mask, preferred))
                     ignored += int(np.count_nonzero(item.truth == IGNORE))
                     per_frame.append({"name": item.name, "mean_iou": finite_or_none(metrics.mean_iou(frame_cm)),
                                       "pixel_accuracy": finite_or_none(metrics.pixel_accuracy(frame_cm))})
@@ -280,23 +281,37 @@ def evaluate(
         per_frame=per_frame,
         invalid_frames=invalid,
         samples=samples,
-        road_confusion=road_cm if road_reference is not None else None,
+        road_confusion=road_cm if score_road else None,
         road_note=road_note,
     )
 
 
-def _road_reference(
+def _road_source(
     model: nn.Module, card: ModelCard, engine: InferenceBackend, size: tuple[int, int] | None, wanted: bool
-) -> tuple[RoadReference | None, str]:
-    """The road layer's reference pass and how it runs, or None and why the layer is not scored."""
+) -> tuple[bool, RoadReference | None, str]:
+    """Whether the road layer is scored; the reference pass that supplies its margin (None when the
+    backend emits the layer itself, or it is not scored); where it comes from, or why it is not scored."""
     if not wanted:
-        return None, "road layer not scored (--no-road)"
+        return False, None, "road layer not scored (--no-road)"
     reason = road_unavailable(card, model)
     if reason is not None:
-        return None, reason
+        return False, None, reason
+    if getattr(engine, "provides_road", False):  # BackendBase.provides_road: it emits the layer itself
+        return True, None, f"flat pixels where road outscores sidewalk; the {engine.name} {engine.device} " \
+                           f"{engine.precision} backend's own road layer"
     reference = RoadReference(model, card, engine, size)
-    return reference, f"flat pixels where road outscores sidewalk; margin from a torch {reference.device} " \
-                      f"{reference.precision} pass"
+    return True, reference, f"flat pixels where road outscores sidewalk; margin from a torch {reference.device} " \
+                            f"{reference.precision} pass"
+
+
+def _road_layer(out: BatchOutput, i: int, mask: np.ndarray, preferred: list[np.ndarray] | None) -> np.ndarray:
+    """Frame ``i``'s road layer: the backend's own, else its mask's flat pixels that the reference pass prefers."""
+    if preferred is not None:
+        return road_mask(mask, preferred[i])
+    layer = out.road[i] if out.road is not None else None
+    if layer is None:
+        raise RuntimeError("the backend says it provides the road layer but returned none")
+    return layer
 
 
 def default_out_dir(model_spec: str, split: str, now: datetime | None = None) -> Path:
@@ -341,7 +356,7 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--limit", type=int_at_least(1), metavar="N", help="only the first N frames")
     p.add_argument("--road", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the drivable-road layer (road IoU) of a model with a road class (default on; "
-                        "its road margin takes a second, torch, pass over each batch)")
+                        "the torch backend emits it, other backends take a second, torch, pass over each batch)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=run_eval)
 

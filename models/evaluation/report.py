@@ -310,7 +310,8 @@ def format_table(result: EvalResult, out_dir: Path | None = None) -> str:
     lines += [
         f"speed: {result.images_per_s:.2f} images/s, {result.ms_per_image:.1f} ms/image "
         f"(model {model_ms:.1f}, scoring {t['scoring']:.1f}, waiting for decode {t['decode_wait']:.1f} ms/image)"
-        + (f"; road layer pass {t['road_layer']:.1f} ms/image, not counted" if result.road_iou is not None else ""),
+        + (f"; road layer pass {t['road_layer']:.1f} ms/image, not counted"
+           if result.road_iou is not None and t["road_layer"] > 0 else ""),
     ]
     if result.invalid_frames:
         lines.append(f"WARNING: {len(result.invalid_frames)} frame(s) with non-finite logits, e.g. "

@@ -10,7 +10,8 @@ import numpy as np
 
 from models.evaluation import metrics
 
-# road_layer: the road layer's reference pass (models.evaluation.road), not part of elapsed_s.
+# road_layer: the road layer's reference pass (models.evaluation.road), not part of elapsed_s; 0 where the
+# backend emits the road layer itself (its cost is then in postprocess).
 TIMING_KEYS = ("decode_wait", "preprocess", "inference", "postprocess", "scoring", "road_layer")
 
 

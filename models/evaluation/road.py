@@ -6,11 +6,15 @@ truth pixels of every ``ignoreInEval`` label (void, parking, rail track, ...) co
 :func:`models.drivable.road_mask` of the backend's own category mask and the road margin
 (:mod:`models.networks.category_head`), so it is always inside the flat pixels eval scores.
 
-The backends return category masks only, so the margin comes from a second pass over the same
-network: :class:`RoadReference` runs :class:`~models.networks.category_head.RoadPreference`
-through the torch backend, with the same input size and, where torch offers them, the same
-device and precision as the backend under test. Its time is reported apart and left out of
-images/s.
+A backend that emits the road layer itself (``provides_road``: the torch backend, for a model
+whose card lists it) is scored on its own ``BatchOutput.road``, what ``roadseg run`` publishes;
+its cost is part of the backend's postprocessing and of images/s. The other backends return
+category masks only, so the margin comes from a second pass over the same network:
+:class:`RoadReference` runs :class:`~models.networks.category_head.RoadPreference` through the
+torch backend, with the same input size and, where torch offers them, the same device and
+precision as the backend under test. Its time is reported apart and left out of images/s.
+Both read the same margin, upsampled the same way: on the 10 shared val frames (fp32) the two
+give the same road confusion, and they agreed on every pixel of the frames checked in bf16.
 """
 
 from __future__ import annotations
