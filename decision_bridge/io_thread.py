@@ -85,16 +85,17 @@ class PublisherThread:
     # --- the thread -------------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        drained = True
         while True:
-            try:
-                request = self._requests.get(timeout=IDLE_POLL_S)
+            try:  # with subscriptions still waiting (a flood), only look for requests between chunks
+                request = self._requests.get(timeout=IDLE_POLL_S) if drained else self._requests.get_nowait()
             except queue.Empty:
-                self._read_subscriptions()
+                drained = self._read_subscriptions()
                 continue
             if request is None:
                 return
             self._serve(request)
-            self._read_subscriptions()
+            drained = self._read_subscriptions()
 
     def _serve(self, request: _Request) -> None:
         try:
@@ -108,8 +109,9 @@ class PublisherThread:
             return
         request.future.set_result(result)
 
-    def _read_subscriptions(self) -> None:
+    def _read_subscriptions(self) -> bool:
+        """One chunk; True when none are left waiting."""
         try:
-            self.publisher.read_subscriptions(SUBSCRIPTIONS_PER_TURN)
+            return self.publisher.read_subscriptions(SUBSCRIPTIONS_PER_TURN)
         except Exception:  # a closed socket at shutdown: nothing left to read
-            return
+            return True

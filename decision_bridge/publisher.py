@@ -31,6 +31,12 @@ MAX_SUBSCRIPTIONS_PER_DRAIN = 64
 # Every topic a publisher sends starts with one of these (masks, their single-frame form, status, eos).
 TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/", b"road/")
 MAX_STREAM_ID_BYTES = 255
+# A subscription on the wire: ZMTP 3.1 sends it as a command ("\x09SUBSCRIBE" + prefix), older peers
+# as a message (\x01 + prefix); this covers either.
+SUBSCRIPTION_FRAMING_BYTES = 16
+# With CURVE the limit also meets the encrypted handshake (HELLO 200 bytes, INITIATE ~260 plus
+# metadata) and each boxed command's nonce and MAC: room for those, still well under a 1 KB flood.
+CURVE_FRAMING_BYTES = 512
 MAX_SUBSCRIPTION_BYTES = max(len(kind) for kind in TOPIC_KINDS) + MAX_STREAM_ID_BYTES
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
@@ -112,6 +118,11 @@ class MaskPublisher:
             sock.setsockopt(zmq.SNDBUF, self.send_buffer_bytes)
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
+        # An XPUB receives nothing but subscriptions, and libzmq keeps every one it receives in a
+        # trie (one node per byte) before we can refuse it: 30k prefixes of 1 KB cost 1.5 GB. No
+        # real subscription is longer than our longest topic, so a peer sending one is hung up on.
+        framing = CURVE_FRAMING_BYTES if self.curve is not None else SUBSCRIPTION_FRAMING_BYTES
+        sock.setsockopt(zmq.MAXMSGSIZE, framing + self._longest_topic())
         # Transport heartbeats: a subscriber that stops answering (frozen, host gone) is disconnected
         # after the timeout, and its queue (up to send_hwm messages) freed, instead of kept forever.
         if self.heartbeat:
@@ -207,11 +218,12 @@ class MaskPublisher:
             await asyncio.sleep(SUBSCRIBER_POLL_S)
         return True
 
-    def read_subscriptions(self, limit: int = MAX_SUBSCRIPTIONS_PER_DRAIN) -> None:
-        """Apply up to ``limit`` pending (un)subscriptions (bounded work, for an I/O loop)."""
-        self._drain_subscriptions(limit)
+    def read_subscriptions(self, limit: int = MAX_SUBSCRIPTIONS_PER_DRAIN) -> bool:
+        """Apply up to ``limit`` pending (un)subscriptions (bounded work, for an I/O loop); True when
+        that was all of them."""
+        return self._drain_subscriptions(limit)
 
-    def _drain_subscriptions(self, limit: int | None = MAX_SUBSCRIPTIONS_PER_DRAIN) -> None:
+    def _drain_subscriptions(self, limit: int | None = MAX_SUBSCRIPTIONS_PER_DRAIN) -> bool:
         sock = self._require_socket()
         reads = 0
         while limit is None or reads < limit:
@@ -219,7 +231,7 @@ class MaskPublisher:
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return True
             if not msg:
                 continue
             kind, prefix = msg[0], msg[1:]
@@ -234,6 +246,12 @@ class MaskPublisher:
                 self._subscriptions[prefix] -= 1
                 if not self._subscriptions[prefix]:
                     del self._subscriptions[prefix]
+        return False  # the limit came first: more may be waiting
+
+    def _longest_topic(self) -> int:
+        if self._topics is not None:
+            return max((len(topic) for topic in self._topics), default=0)
+        return MAX_SUBSCRIPTION_BYTES
 
     def _serves(self, prefix: bytes) -> bool:
         """Whether ``prefix`` can match a topic this publisher sends (else it only costs memory)."""

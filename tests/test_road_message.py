@@ -12,9 +12,11 @@ import pytest
 from decision_bridge.road import RoadHeader, decode_road, encode_road
 from decision_bridge.schema import Encoding, SchemaError
 from models.backends.common import Precision
+from models.classes import Category
 from stream.config import PipelineConfig
 from stream.stages import downscale, road_output
-from tests.pipeline_helpers import LOOPBACK_ANY, receive, running, subscribe
+from tests.conftest import require_shared
+from tests.pipeline_helpers import LOOPBACK_ANY, receive, running, subscribe, wait_for
 
 
 def _header(**changes: Any) -> RoadHeader:
@@ -68,3 +70,28 @@ async def test_pipeline_publishes_masks_at_the_scale_asked_with_the_frame_size()
     assert (header.height, header.width, header.frame_height, header.frame_width) == (32, 64, 128, 256)
     assert messages[0].mask.shape == (32, 64)
     assert sub.road("cam") is None  # the demo model has no road class
+
+
+async def test_dabnet_pipeline_publishes_drivable_space_after_each_mask(dabnet_checkpoint):
+    frames = require_shared("cityscapes/leftImg8bit/val/frankfurt")
+    config = PipelineConfig(sources=(f"cam={frames}",), model=str(dabnet_checkpoint), input_size=(512, 256),
+                            precision=Precision.FP32, zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=60.0,
+                            viewer=None, stats_interval_s=0, max_frames=2, mask_scale=2)
+    async with running(config) as (pipeline, task):
+        sub = await subscribe(pipeline, task)
+        try:
+            masks = await receive(sub, 2, timeout_s=120)
+            await wait_for(lambda: (sub.poll(0) or True) and sub.road("cam") is not None
+                           and sub.road("cam").header.seq == 1, timeout_s=60, what="the road message of frame 1")
+        finally:
+            sub.close()
+        await task
+    road = sub.road("cam")
+    assert road is not None
+    mask = masks[1].mask
+    assert road.header.seq == masks[1].header.seq and road.header.run_id == masks[1].header.run_id
+    assert road.road.shape == mask.shape == (512, 1024)  # the published mask's size (--mask-scale 2)
+    assert (road.header.height, road.header.width) == (1024, 2048) and road.free_rows.shape == (2048,)
+    assert not (road.road & (mask != Category.FLAT)).any()  # road only on flat ground
+    assert 0.1 < road.header.road_fraction < 0.6  # a Frankfurt street: a good share of road
+    assert int(np.median(road.free_rows)) < 1024  # most columns have road at the bottom
