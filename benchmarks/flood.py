@@ -49,14 +49,15 @@ def _rss_mb() -> float:
 
 
 async def run_once(flood: int) -> tuple[float, float, float, int]:
-    """(frames/s, peak RSS growth MB during the run, longest event-loop stall s, subscriptions the
+    """(frames/s, peak RSS growth MB while flooded, longest event-loop stall s, subscriptions the
     publisher read and refused). A real subscriber joins before frame 0; the flooder (another
-    process) floods from the moment the publisher binds until the run ends."""
-    config = PipelineConfig(sources=("cam=synthetic:seed=3,size=256x128,frames=60",), model="demo",
+    process) starts with the first mask (after the model loaded, whose own peak varies by tens of
+    MB) and floods until the run ends; memory is measured from that moment."""
+    config = PipelineConfig(sources=("cam=synthetic:seed=3,size=256x128,frames=80",), model="demo",
                             precision=Precision.FP32, zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=60.0,
                             viewer=None, stats_interval_s=0)
     stall = 0.0
-    rss_before = peak = _rss_mb()
+    rss_before = peak = 0.0
 
     async def ticker() -> None:
         nonlocal stall, peak
@@ -65,16 +66,19 @@ async def run_once(flood: int) -> tuple[float, float, float, int]:
             before = loop.time()
             await asyncio.sleep(RSS_SAMPLE_S)
             stall = max(stall, loop.time() - before - RSS_SAMPLE_S)
-            peak = max(peak, _rss_mb())
+            if rss_before:
+                peak = max(peak, _rss_mb())
 
-    ticking = asyncio.create_task(ticker())
     async with running(config) as (pipeline, task):
         await wait_for(lambda: pipeline.zmq_address is not None, what="publisher bind")
         address = str(pipeline.zmq_address)
-        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, address, str(flood), str(FLOOD_BYTES)],
-                                   stdout=subprocess.DEVNULL)
         subscriber = MaskSubscriber(address, ["cam"])
         subscriber.connect()
+        await wait_for(lambda: pipeline.telemetry.frames > 0 or task.done(), timeout_s=120, what="the first mask")
+        rss_before = peak = _rss_mb()
+        ticking = asyncio.create_task(ticker())
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, address, str(flood), str(FLOOD_BYTES)],
+                                   stdout=subprocess.DEVNULL)
         try:
             summary = await asyncio.wait_for(task, 120)
         finally:

@@ -31,9 +31,10 @@ MAX_SUBSCRIPTIONS_PER_DRAIN = 64
 # Every topic a publisher sends starts with one of these (masks, their single-frame form, status, eos).
 TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/", b"road/")
 MAX_STREAM_ID_BYTES = 255
-# A subscription on the wire: ZMTP 3.1 sends it as a command ("\x09SUBSCRIBE" + prefix), older peers
-# as a message (\x01 + prefix); this covers either.
-SUBSCRIPTION_FRAMING_BYTES = 16
+# Room beyond the longest topic for what else the limit meets: a subscription's framing (ZMTP 3.1
+# "\x09SUBSCRIBE" + prefix, older peers \x01 + prefix) and the handshake's READY command with its
+# metadata (~30 bytes, more with a socket identity).
+SUBSCRIPTION_FRAMING_BYTES = 64
 # With CURVE the limit also meets the encrypted handshake (HELLO 200 bytes, INITIATE ~260 plus
 # metadata) and each boxed command's nonce and MAC: room for those, still well under a 1 KB flood.
 CURVE_FRAMING_BYTES = 512

@@ -6,7 +6,11 @@ benchmark (``python -m benchmarks.flood``), not a timed test."""
 
 from __future__ import annotations
 
+import time
+
 from benchmarks.flood import FLOOD, run_once
+from decision_bridge.publisher import MaskPublisher
+from decision_bridge.subscriber import MaskSubscriber
 
 MAX_STALL_S = 0.5  # the issue saw 10-14 s; scheduling noise on a loaded 2-core machine stays well under this
 
@@ -23,3 +27,20 @@ async def test_a_subscription_flood_is_refused_without_stalling_the_loop_or_grow
     assert flood_refused == 0
     assert flood_grown_mb - grown_mb < 50, (flood_grown_mb, grown_mb)  # peak memory during the run
     assert flood_stall_s < MAX_STALL_S
+
+
+def test_the_subscription_size_limit_leaves_room_for_a_one_letter_stream():
+    publisher = MaskPublisher("tcp://127.0.0.1:0", stream_ids=["a"])
+    publisher.bind()
+    subscribers = [MaskSubscriber(publisher.bound_address), MaskSubscriber(publisher.bound_address, ["a"])]
+    try:
+        for subscriber in subscribers:
+            subscriber.connect()
+        deadline = time.monotonic() + 10
+        while publisher.subscriber_count("a") < 2:  # the handshake and subscriptions fit the limit
+            assert time.monotonic() < deadline, publisher.subscriptions
+            time.sleep(0.01)
+    finally:
+        for subscriber in subscribers:
+            subscriber.close()
+        publisher.close()
