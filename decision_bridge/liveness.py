@@ -16,13 +16,21 @@ decoders ignore keys they do not know and reject versions they were not written 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from decision_bridge.wire import SchemaError, check_scalars, check_schema, frame_bytes, load_json, take, take_optional
+from decision_bridge.wire import (
+    SchemaError,
+    check_scalars,
+    check_schema,
+    dump_json,
+    frame_bytes,
+    load_json,
+    take,
+    take_optional,
+)
 
 STREAM_SCHEMA_NAME = "roadseg.stream"
 STREAM_SCHEMA_VERSION = 1
@@ -98,11 +106,7 @@ def encode_report(report: StreamReport) -> list[bytes]:
         "publish_wall_ns": report.publish_wall_ns,
         "reason": report.reason,
     }
-    try:
-        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-    except ValueError as exc:
-        raise SchemaError(f"stream report not JSON-serialisable: {exc}") from exc
-    return [stream_topic(report.kind, report.stream_id), text.encode("utf-8")]
+    return [stream_topic(report.kind, report.stream_id), dump_json(body, "stream report")]
 
 
 def is_stream_topic(topic: bytes) -> bool:

@@ -18,7 +18,6 @@ backends that produce the layer; the mask header's ``classes`` and ``seq`` rules
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from decision_bridge.wire import (
     SchemaError,
     check_scalars,
     check_schema,
+    dump_json,
     frame_bytes,
     load_json,
     take,
@@ -88,12 +88,9 @@ def encode_road(header: RoadHeader, free_rows: np.ndarray, road: np.ndarray) -> 
         "layer_width": header.layer_width, "encoding": header.encoding.value, "valid": header.valid,
         "category_fractions": list(header.category_fractions), "road_fraction": header.road_fraction,
     }
-    try:
-        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-    except ValueError as exc:
-        raise SchemaError(f"road header not JSON-serialisable: {exc}") from exc
     payload = encode_mask(road.astype(np.uint8), header.encoding)
-    return [road_topic(header.stream_id), text.encode("utf-8"), rows.astype(FREE_ROWS_DTYPE).tobytes(), payload]
+    return [road_topic(header.stream_id), dump_json(body, "road header"), rows.astype(FREE_ROWS_DTYPE).tobytes(),
+            payload]
 
 
 def decode_road(parts: Sequence[bytes]) -> RoadMessage:

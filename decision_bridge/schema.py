@@ -15,7 +15,6 @@ encoding bumps ``version``; decoders reject versions they were not written for.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from decision_bridge.wire import (  # noqa: F401 - SchemaError and the limits ar
     _take_list,
     _take_optional,
     check_schema,
+    dump_json,
 )
 from models.classes import CLASS_NAMES, NUM_CLASSES
 
@@ -151,11 +151,7 @@ def encode(header: MaskHeader, payload: bytes) -> list[bytes]:
     _check_header(header)
     if header.encoding is Encoding.RAW and len(payload) != header.height * header.width:
         raise SchemaError(f"u8-raw payload is {len(payload)} bytes, expected {header.height}x{header.width}")
-    try:
-        text = json.dumps(header_to_json(header), separators=(",", ":"), allow_nan=False)
-    except ValueError as exc:  # NaN/inf timings or IoU: not representable in JSON
-        raise SchemaError(f"header not JSON-serialisable: {exc}") from exc
-    return [topic_for(header.stream_id), text.encode("utf-8"), payload]
+    return [topic_for(header.stream_id), dump_json(header_to_json(header), "header"), payload]
 
 
 def encode_message(header: MaskHeader, mask: np.ndarray) -> list[bytes]:

@@ -248,6 +248,14 @@ def _check_scalars(value: Any, where: str) -> None:
             _check_scalars(item, f"{where}[{i}]")
 
 
+def dump_json(body: Mapping[str, Any], what: str) -> bytes:
+    """A message body as compact UTF-8 JSON; SchemaError for NaN/inf (not JSON) naming ``what``."""
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except ValueError as exc:
+        raise SchemaError(f"{what} not JSON-serialisable: {exc}") from exc
+
+
 def check_schema(obj: Mapping[str, Any], name: str, supported: tuple[int, ...]) -> int:
     """The message's ``version``, after checking its ``schema`` is ``name`` and the version is one
     this decoder was written for (SCHEMA.md section 7)."""

@@ -99,7 +99,7 @@ class IsolatedInference:
                 successes += ok
                 failures += failed
             return successes, failures
-        roads = getattr(out, "road", None) or [None] * len(frames)  # only backends that provide_road fill it
+        roads = out.road or [None] * len(frames)  # only backends that provide the road layer fill it
         successes = [(frame, mask, valid, out.timings, road)
                      for frame, mask, valid, road in zip(frames, out.masks, out.valid, roads, strict=True)]
         return successes, []
