@@ -108,7 +108,10 @@ class Echo:
         self.sub = sub
         self.out = out
         self.masks = 0
-        self._seen: dict[str, tuple[int, int, str, bool]] = {}  # stream -> (gaps, missed, state, ended)
+        self._seen: dict[str, tuple[str, bool]] = {}  # stream -> (state, ended)
+        # stream -> (run_id, seq) of its previous mask: gaps come from the masks themselves, because
+        # one poll can return several masks and the subscriber's status already counts all of them
+        self._previous: dict[str, tuple[str, int]] = {}
 
     def run(self, *, count: int = 0, timeout_s: float | None = None) -> int:
         heard = time.monotonic()
@@ -133,7 +136,7 @@ class Echo:
         self.masks += 1
         stream_id = message.header.stream_id
         status = self.sub.status(stream_id)
-        self._gap_line(stream_id, status)
+        self._gap_line(message, status)
         health = (f" alive={status.alive} fresh={status.fresh} on_rate={status.on_rate} "
                   f"stream_valid={status.valid}")
         print(describe(message, status, time.monotonic_ns()) + health, file=self.out, flush=True)
@@ -141,17 +144,19 @@ class Echo:
     def _reports(self) -> None:
         for stream_id in self.sub.stream_ids():
             status = self.sub.status(stream_id)
-            _, _, state, ended = self._seen.get(stream_id, (0, 0, "", False))
+            state, ended = self._seen.get(stream_id, ("", False))
             if status.state and status.state != state:
                 print(f"{stream_id} status state={status.state} last_seq={status.last_seq}", file=self.out, flush=True)
             if status.ended and not ended:
                 print(f"{stream_id} end of stream final_seq={status.final_seq} missed={status.missed}",
                       file=self.out, flush=True)
-            self._seen[stream_id] = (status.gaps, status.missed, status.state, status.ended)
+            self._seen[stream_id] = (status.state, status.ended)
 
-    def _gap_line(self, stream_id: str, status: StreamStatus) -> None:
-        _, missed, state, ended = self._seen.get(stream_id, (0, 0, "", False))
-        if status.missed > missed:
-            print(f"{stream_id} gap: {status.missed - missed} frame(s) lost before seq={status.last_seq} "
-                  f"(dropped by the publisher so far: {status.dropped_upstream})", file=self.out, flush=True)
-        self._seen[stream_id] = (status.gaps, status.missed, state, ended)
+    def _gap_line(self, message: MaskMessage, status: StreamStatus) -> None:
+        header = message.header
+        previous = self._previous.get(header.stream_id)
+        self._previous[header.stream_id] = (header.run_id, header.seq)
+        if previous is None or previous[0] != header.run_id or header.seq <= previous[1] + 1:
+            return  # first mask, publisher restart (seq starts again) or no loss
+        print(f"{header.stream_id} gap: {header.seq - previous[1] - 1} frame(s) lost before seq={header.seq} "
+              f"(dropped by the publisher so far: {status.dropped_upstream})", file=self.out, flush=True)
