@@ -6,15 +6,20 @@ sending 30k subscriptions of 1 KB (issue 10's hostile peer), interleaved in one 
 ZeroMQ hangs up on a subscription longer than any topic (MAXMSGSIZE), the publisher applies only
 prefixes of topics it can send (XPUB_MANUAL) and reads subscriptions on its own thread. Targets:
 frame-rate ratio >= 0.9 and peak memory < 50 MB more, measured here rather than in a timed test.
-Here the flooder runs on the same two cores, and ZeroMQ re-dials and re-sends its 30 MB every
-time it is hung up on, so part of what this measures is the attacker's own CPU.
+The flooder runs on the same two cores, re-dialling and re-sending its 30 MB every time ZeroMQ
+hangs up on it, at ``nice 19``: a real attacker's CPU is on another host, and on two shared cores
+its own work (about a core, see ``flooder_cpu_s``) would otherwise be counted as our slowdown
+(ratio 0.75 at equal priority, 0.99 niced). What the service itself spends on the flood (reading
+and refusing it, kernel TCP work included) is still measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -39,6 +44,8 @@ FLOODER = textwrap.dedent("""
     time.sleep(600)  # stays connected (ZeroMQ re-dials and re-sends whenever it is hung up on)
 """)
 RSS_SAMPLE_S = 0.02
+FLOODER_NICE = 19
+FIELDS = ("fps", "rss_growth_mb", "max_loop_stall_s", "refused", "flooder_cpu_s")
 
 
 def _rss_mb() -> float:
@@ -48,9 +55,15 @@ def _rss_mb() -> float:
     raise AssertionError("no VmRSS")
 
 
-async def run_once(flood: int) -> tuple[float, float, float, int]:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_once(flood: int) -> tuple[float, float, float, int, float]:
     """(frames/s, peak RSS growth MB while flooded, longest event-loop stall s, subscriptions the
-    publisher read and refused). A real subscriber joins before frame 0; the flooder (another
+    publisher read and refused, the flooder's CPU s). A real subscriber joins before frame 0; the flooder (another
     process) starts with the first mask (after the model loaded, whose own peak varies by tens of
     MB) and floods until the run ends; memory is measured from that moment."""
     config = PipelineConfig(sources=("cam=synthetic:seed=3,size=256x128,frames=80",), model="demo",
@@ -77,17 +90,20 @@ async def run_once(flood: int) -> tuple[float, float, float, int]:
         await wait_for(lambda: pipeline.telemetry.frames > 0 or task.done(), timeout_s=120, what="the first mask")
         rss_before = peak = _rss_mb()
         ticking = asyncio.create_task(ticker())
-        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, address, str(flood), str(FLOOD_BYTES)],
-                                   stdout=subprocess.DEVNULL)
+        flooder = subprocess.Popen(["nice", "-n", str(FLOODER_NICE), sys.executable, "-c", FLOODER, address,
+                                    str(flood), str(FLOOD_BYTES)], stdout=subprocess.DEVNULL)
+        flooder_cpu = 0.0
         try:
             summary = await asyncio.wait_for(task, 120)
         finally:
             subscriber.close()
+            with contextlib.suppress(OSError):
+                flooder_cpu = _cpu_s(flooder.pid)
             flooder.kill()
             flooder.wait(10)
     ticking.cancel()
     assert pipeline._publisher is not None
-    return summary["fps"], peak - rss_before, stall, pipeline._publisher.rejected_subscriptions
+    return summary["fps"], peak - rss_before, stall, pipeline._publisher.rejected_subscriptions, flooder_cpu
 
 
 async def measure(rounds: int) -> dict[str, object]:
@@ -99,8 +115,8 @@ async def measure(rounds: int) -> dict[str, object]:
     fps, flood_fps = max(r[0] for r in quiet), max(r[0] for r in flooded)
     return {
         "flood": {"subscriptions": FLOOD, "bytes_each": FLOOD_BYTES},
-        "quiet": [dict(zip(("fps", "rss_growth_mb", "max_loop_stall_s", "refused"), r, strict=True)) for r in quiet],
-        "flooded": [dict(zip(("fps", "rss_growth_mb", "max_loop_stall_s", "refused"), r, strict=True))
+        "quiet": [dict(zip(FIELDS, r, strict=True)) for r in quiet],
+        "flooded": [dict(zip(FIELDS, r, strict=True))
                     for r in flooded],
         "fps_ratio": round(flood_fps / fps, 3),
         "rss_growth_difference_mb": round(min(r[1] for r in flooded) - min(r[1] for r in quiet), 1),
