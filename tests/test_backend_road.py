@@ -1,6 +1,7 @@
 """The drivable-road layer from the backends (issue 10): the torch backend emits it for a model whose
 card lists it (``provides_road``, ``BatchOutput.road``) from one extra channel of the same forward,
-with the category masks unchanged; every other backend says it does not and leaves ``road`` None."""
+with the category masks unchanged; so do ONNX Runtime and OpenVINO, from an extra output of the
+frames graph. The CUDA-graph backend says it does not and leaves ``road`` None."""
 
 from __future__ import annotations
 
@@ -143,15 +144,36 @@ def test_cuda_graphs_capture_the_category_forward_only():
     assert TorchBackend.ROAD_LAYER and not CudaGraphBackend.ROAD_LAYER
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
-def test_onnxruntime_does_not_provide_the_road_layer(dabnet, frame, tmp_path):
+@pytest.mark.parametrize("name", [
+    pytest.param("onnxruntime", marks=pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                                                         reason="onnxruntime not installed")),
+    pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                      reason="openvino not installed")),
+])
+def test_the_frames_graph_backends_emit_torchs_road_layer(dabnet, frame, tmp_path, name):
+    """The frames graph computes the road layer itself (issue 10: `--backend auto` picks these on a
+    CPU): it agrees with torch's, and the graph's masks are those of the same graph without it."""
     model, card = dabnet
-    backend = create_backend("onnxruntime", model, card, device="cpu", precision="fp32", input_size=SMALL,
+    frames = _frames(frame)
+    backend = create_backend(name, model, card, device="cpu", precision="fp32", input_size=SMALL,
                              options={"cache_dir": tmp_path})
-    assert not backend.provides_road
-    out = backend.infer([frame])
-    assert out.road is None and out.masks[0].shape == frame.shape[:2]
+    assert backend.provides_road
+    out = backend.infer(frames)
     backend.close()
+    plain = create_backend(name, model, dataclasses.replace(card, layers=()), device="cpu", precision="fp32",
+                           input_size=SMALL, options={"cache_dir": tmp_path})
+    assert not plain.provides_road
+    without = plain.infer(frames)
+    plain.close()
+    assert without.road is None and out.road is not None
+    assert all(np.array_equal(a, b) for a, b in zip(out.masks, without.masks, strict=True))
+    torch_out = TorchBackend(model, card, device="cpu", precision="fp32", input_size=SMALL).infer(frames)
+    assert torch_out.road is not None
+    for image, mask, road, reference in zip(frames, out.masks, out.road, torch_out.road, strict=True):
+        assert road is not None and road.dtype == np.bool_ and road.shape == image.shape[:2]
+        assert not np.any(road & (mask != Category.FLAT))
+        agree = np.count_nonzero(road == reference) / road.size
+        assert agree >= 0.995, agree
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -142,11 +142,27 @@ def test_eval_scores_the_road_layer_of_dabnet(dabnet_checkpoint, cityscapes_mini
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_onnxruntime_is_scored_on_its_own_road_layer(dabnet_checkpoint, cityscapes_mini, tmp_path, monkeypatch):
+    """The frames graph emits the road layer: eval scores it, with no second pass, and it scores
+    as the torch backend's does (their categories agree on the mini frame)."""
+    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path))  # the export goes here
+    loaded = load_checkpoint(dabnet_checkpoint)
+    onnx = evaluate("dabnet", cityscapes_mini, size=MINI_SIZE, loaded=loaded, road=True, backend="onnxruntime",
+                    **EXACT)
+    torch_eval = evaluate("dabnet", cityscapes_mini, size=MINI_SIZE, loaded=loaded, road=True, **EXACT)
+    assert "torch" not in onnx.road_note and not onnx.timing_ms.get("road_layer")
+    assert onnx.road_iou == pytest.approx(torch_eval.road_iou, abs=2e-3)
+
+
 def test_a_backend_without_the_road_layer_is_scored_through_the_reference_pass(dabnet_checkpoint, cityscapes_mini,
                                                                               tmp_path, monkeypatch):
-    """ONNX Runtime returns categories only: eval takes the margin from a second, torch pass, and
-    scores the same road layer as the torch backend emits (its categories agree on the mini frame)."""
-    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path))  # the export goes here
+    """A backend that returns categories only (TensorRT, CUDA graphs, an export from before the
+    layer; here ONNX Runtime told its graph has no road output): eval takes the margin from a
+    second, torch pass, and scores the same road layer as the torch backend emits."""
+    from models.backends import onnx_backend
+
+    monkeypatch.setenv("ROADSEG_CACHE", str(tmp_path))
+    monkeypatch.setattr(onnx_backend, "check_frames_io", lambda *args: False)
     loaded = load_checkpoint(dabnet_checkpoint)
     onnx = evaluate("dabnet", cityscapes_mini, size=MINI_SIZE, loaded=loaded, road=True, backend="onnxruntime",
                     **EXACT)

@@ -57,7 +57,7 @@ from models.backends.common import (
     usable_cores,
 )
 from models.errors import ArtifactError
-from models.export.artifacts import ArtifactKind, backend_artifact
+from models.export.artifacts import FINITE, IMAGES, MASKS, ROAD, ArtifactKind, backend_artifact
 from models.store.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ CPU_PROVIDER = "CPUExecutionProvider"
 
 
 T = TypeVar("T")
+# One run of the frames graph: masks (B, H, W) uint8, finite (B,) bool, road (B, H, W) bool or None.
+GraphOutput = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class OnnxRuntimeBackend(BackendBase):
@@ -137,8 +139,8 @@ class OnnxRuntimeBackend(BackendBase):
                 f"onnxruntime could not start {CUDA_PROVIDER} (CUDA/cuDNN libraries missing or mismatched); "
                 "its log above says why"
             )
-        check_frames_io(path, [value.name for value in session.get_inputs()],
-                        [value.name for value in session.get_outputs()])
+        self.provides_road = check_frames_io(path, [value.name for value in session.get_inputs()],
+                                             [value.name for value in session.get_outputs()], self.card)
         log.info("onnxruntime backend: %s on %s (%s)", path.name, self.device, self.precision)
         return session
 
@@ -147,10 +149,13 @@ class OnnxRuntimeBackend(BackendBase):
     def infer(self, images: Sequence[np.ndarray]) -> BatchOutput:
         return infer_by_size(images, self._run)
 
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, batch: np.ndarray) -> GraphOutput:
         self._check_open()
-        labels, finite = self._session.run(["masks", "finite"], {"images": batch})
-        return labels, finite
+        if self.provides_road:
+            labels, finite, road = self._session.run([MASKS, FINITE, ROAD], {IMAGES: batch})
+            return labels, finite, road
+        labels, finite = self._session.run([MASKS, FINITE], {IMAGES: batch})
+        return labels, finite, None
 
     def _release(self) -> None:
         self._session = None
@@ -193,19 +198,25 @@ def open_frames_graph(
         return path, load(path)
 
 
-def check_frames_io(path: Path, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-    """BackendError unless a loaded graph has the frames graph's input and outputs."""
-    if set(inputs) != {"images"} or not {"masks", "finite"} <= set(outputs):
+def check_frames_io(path: Path, inputs: Sequence[str], outputs: Sequence[str], card: ModelCard) -> bool:
+    """BackendError unless a loaded graph has the frames graph's input and outputs; whether it
+    also has the road layer's output for a card that lists the layer (an export from before
+    the layer existed has none: it runs, without the road layer)."""
+    if set(inputs) != {IMAGES} or not {MASKS, FINITE} <= set(outputs):
         raise BackendError(f"{path}: not a roadseg frames graph (inputs images, outputs masks and finite)")
+    if card.has_road and ROAD not in outputs:
+        log.warning("%s has no road output (exported before the road layer): no drivable-road layer; "
+                    "delete it to export again", path)
+    return card.has_road and ROAD in outputs
 
 
-def infer_by_size(images: Sequence[np.ndarray],
-                  run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> BatchOutput:
-    """One ``run`` (NHWC uint8 batch -> masks, finite flags) per frame size, in order of first
-    appearance; each frame's mask at its own size. Timings: ``preprocess_ms`` the stacking,
-    ``inference_ms`` the runs, ``postprocess_ms`` handing the masks out."""
+def infer_by_size(images: Sequence[np.ndarray], run: Callable[[np.ndarray], GraphOutput]) -> BatchOutput:
+    """One ``run`` (NHWC uint8 batch -> masks, finite flags, road layers or None) per frame size,
+    in order of first appearance; each frame's mask at its own size. Timings: ``preprocess_ms``
+    the stacking, ``inference_ms`` the runs, ``postprocess_ms`` handing the masks out."""
     masks: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
     valid = [True] * len(images)
+    roads: list[np.ndarray | None] | None = None
     preprocess_ms = inference_ms = postprocess_ms = 0.0
     groups: dict[tuple[int, ...], list[int]] = {}
     check_images(images)
@@ -217,12 +228,16 @@ def infer_by_size(images: Sequence[np.ndarray],
         preprocess_ms += ms_since(start)
 
         start = time.monotonic_ns()
-        labels, finite = run(batch)
+        labels, finite, road = run(batch)
         inference_ms += ms_since(start)
 
         start = time.monotonic_ns()
+        if road is not None and roads is None:
+            roads = [None] * len(images)
         for j, index in enumerate(indices):
             masks[index] = labels[j]
             valid[index] = bool(finite[j])
+            if roads is not None and road is not None:
+                roads[index] = road[j]
         postprocess_ms += ms_since(start)
-    return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms))
+    return BatchOutput(masks, valid, BackendTimings(preprocess_ms, inference_ms, postprocess_ms), roads)

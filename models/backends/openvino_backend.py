@@ -71,7 +71,8 @@ from models.backends.common import (
     cpu_has_native_bf16,
     positive_int_option,
 )
-from models.backends.onnx_backend import check_frames_io, infer_by_size, open_frames_graph
+from models.backends.onnx_backend import GraphOutput, check_frames_io, infer_by_size, open_frames_graph
+from models.export.artifacts import FINITE, IMAGES, MASKS, ROAD
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,8 @@ class OpenVINOBackend(BackendBase):
             graph = self._core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError / GeneralFailure for unreadable files
             raise GraphLoadError(f"openvino cannot read {path}: {exc}") from exc
-        check_frames_io(path, [name for port in graph.inputs for name in port.get_names()],
-                        [name for port in graph.outputs for name in port.get_names()])
+        self.provides_road = check_frames_io(path, [name for port in graph.inputs for name in port.get_names()],
+                                             [name for port in graph.outputs for name in port.get_names()], self.card)
         antialias_as_pillow(graph)
         try:
             compiled = self._core.compile_model(graph, self.ov_device, config)
@@ -209,11 +210,11 @@ class OpenVINOBackend(BackendBase):
             self._check_open()
             return infer_by_size(images, self._run)
 
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, batch: np.ndarray) -> GraphOutput:
         # share_inputs: the stacked batch is read in place (infer is synchronous); the outputs
         # are copies, so the request can run the next size while masks of this one are kept.
-        result = self._request.infer({"images": batch}, share_inputs=True)
-        return result["masks"], result["finite"]
+        result = self._request.infer({IMAGES: batch}, share_inputs=True)
+        return result[MASKS], result[FINITE], result[ROAD] if self.provides_road else None
 
     def _release(self) -> None:
         """Release the inference request and the compiled model."""

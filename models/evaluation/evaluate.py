@@ -174,7 +174,8 @@ def evaluate(
     ``progress``: a bar on a terminal, else a line every few seconds on stderr. ``panels``
     frames, spread over the split, are kept downscaled for :func:`models.evaluation.report.write_report`.
     ``road``: also score the drivable-road layer where the model has one (``roadseg eval`` does
-    unless ``--no-road``): the backend's own layer where it emits one (``provides_road``: torch),
+    unless ``--no-road``): the backend's own layer where it emits one (``provides_road``: torch,
+    onnxruntime, openvino),
     else from a second, torch pass per batch; ``result.road_note`` says which, or why it was not.
     """
     if batch < 1:

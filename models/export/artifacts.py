@@ -3,7 +3,8 @@
 Backends run files that ``roadseg export`` writes (an ONNX "frames" graph for ONNX Runtime and
 OpenVINO, a TensorRT engine) but never import the exporters themselves: they ask this
 function for the file, so how exports are named, cached, checked and (for ONNX) made is
-export's business alone, and a change there cannot reach into a backend module.
+export's business alone, and a change there cannot reach into a backend module. The frames
+graph's input and output names, which a backend feeds and reads, come from here too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING
 
 from models.errors import ArtifactError
 from models.export.fingerprint import model_fingerprint
+from models.export.onnx_graph import FINITE, IMAGES, MASKS, ROAD
+
+__all__ = ["FINITE", "IMAGES", "MASKS", "ROAD", "ArtifactKind", "backend_artifact"]
 
 if TYPE_CHECKING:
     from torch import nn

@@ -12,7 +12,10 @@ Two graph layouts share one exported network (``graph=``):
 ``"frames"`` (what the ``onnxruntime`` backend runs)
     input ``images``: uint8 RGB NHWC camera frames of any size (dynamic batch,
     height and width; one size per call); outputs ``masks``: uint8 category ids
-    at the frame's own size, and ``finite``: one bool per frame (all logits finite).
+    at the frame's own size, and ``finite``: one bool per frame (all logits finite);
+    for a model with the drivable-road layer (card ``layers: ["road"]``, 19 Cityscapes
+    classes) also ``road``: bool, the torch backend's road layer (flat, and road's logit
+    beats sidewalk's, the margin upsampled like the logits).
     The graph does everything the torch backend does, in the same order and
     with the same filters: antialiased bilinear resize to the model size
     (half-pixel centres, ``Resize`` with ``antialias=1``), normalisation, the
@@ -83,6 +86,7 @@ from models.export.onnx_graph import (  # noqa: F401 - names re-exported as this
     IMAGES,
     LOGITS,
     MASKS,
+    ROAD,
     ExportError,
     export_network,
     exportable_adaptive_avg_pool2d,
@@ -96,8 +100,9 @@ log = logging.getLogger(__name__)
 # Bump when a graph this module writes changes: cached exports and TensorRT engines of another
 # version are then re-made (2: the "model" graph casts its uint8 input before transposing it;
 # 3: networks export logits at their own output resolution, see inference_forward; PReLU as
-# depth-wise convolutions in the frames graph and kept as PRelu in the model graph).
-EXPORT_VERSION = "3"
+# depth-wise convolutions in the frames graph and kept as PRelu in the model graph; 4: frames
+# graphs of models with the drivable-road layer have the road output).
+EXPORT_VERSION = "4"
 OPSET = 18  # Resize(antialias=1) and Resize(axes=) need 18
 MAX_OPSET = 20  # the TorchScript exporter's newest
 GRAPHS = ("model", "frames")
@@ -152,6 +157,8 @@ def export_onnx(
     (a CPU fp32 copy is exported). ``dynamic_batch=False`` fixes the batch at 1."""
     import onnx
 
+    from models.networks.category_head import road_layer_forward
+
     _check_choice("graph", graph, GRAPHS)
     _check_choice("precision", precision, PRECISIONS)
     if not OPSET <= opset <= MAX_OPSET:
@@ -163,8 +170,9 @@ def export_onnx(
         rewrite_prelu(core.graph)
     if precision == "fp16":
         core = to_fp16(core)
+    road = graph == "frames" and card.has_road and road_layer_forward(model) is not None
     wrapped = wrap_network(core, card, (height, width), fold=fold, graph=graph, dynamic_batch=dynamic_batch,
-                           opset=opset)
+                           opset=opset, road=road)
     metadata = {
         "export_version": EXPORT_VERSION,
         "model_id": card.model_id,
@@ -172,6 +180,7 @@ def export_onnx(
         "input_size": f"{width}x{height}",
         "graph": graph,
         "precision": precision,
+        "layers": "road" if road else "",
     }
     onnx.helper.set_model_props(wrapped, {METADATA_PREFIX + key: value for key, value in metadata.items()})
     try:

@@ -25,6 +25,7 @@ IMAGES = "images"
 LOGITS = "logits"
 MASKS = "masks"
 FINITE = "finite"
+ROAD = "road"  # frames graph of a model with the drivable-road layer: (B, H, W) bool, flat and road beats sidewalk
 _CORE_INPUT = "roadseg/normalised"  # the exported network's input and output, inside the wrapper graph
 _CORE_OUTPUT = "roadseg/logits"
 _P = "roadseg/"  # prefix of every name the wrapper adds (the network's own names never start with it)
@@ -248,8 +249,9 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
 
 
 def wrap_network(core: onnx.ModelProto, card: ModelCard, hw: tuple[int, int], *, fold: np.ndarray | None, graph: str,
-          dynamic_batch: bool, opset: int) -> onnx.ModelProto:
-    """The network between uint8 NHWC input and the graph's outputs (see the module docstring)."""
+          dynamic_batch: bool, opset: int, road: bool = False) -> onnx.ModelProto:
+    """The network between uint8 NHWC input and the graph's outputs (see the module docstring).
+    ``road`` (frames graph over the 19 Cityscapes classes only) adds the :data:`ROAD` output."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -334,9 +336,14 @@ def wrap_network(core: onnx.ModelProto, card: ModelCard, hw: tuple[int, int], *,
         frame_hw = node("Shape", [IMAGES], _P + "frame_hw", start=1, end=3)
         up = node("Resize", [logits, "", "", frame_hw], _P + "upsampled", mode="linear",
                   coordinate_transformation_mode="half_pixel", axes=[2, 3])
-        node("Cast", [node("ArgMax", [up], _P + "labels", axis=1, keepdims=0)], MASKS, to=TensorProto.UINT8)
+        labels = node("ArgMax", [up], _P + "labels", axis=1, keepdims=0)
+        node("Cast", [labels], MASKS, to=TensorProto.UINT8)
         outputs = [helper.make_tensor_value_info(MASKS, TensorProto.UINT8, [batch, "height", "width"]),
                    helper.make_tensor_value_info(FINITE, TensorProto.BOOL, [batch])]
+        if road:
+            initializers.extend(_road_constants())
+            _road_nodes(node, scores, labels, frame_hw)
+            outputs.append(helper.make_tensor_value_info(ROAD, TensorProto.BOOL, [batch, "height", "width"]))
     else:
         node("Identity", [logits], LOGITS)
         # The network's own output size (DABNet: 1/8 of the input); the backend upsamples.
@@ -346,6 +353,35 @@ def wrap_network(core: onnx.ModelProto, card: ModelCard, hw: tuple[int, int], *,
     wrapped = helper.make_model(body, opset_imports=[helper.make_opsetid("", opset)], producer_name="roadseg")
     wrapped.ir_version = core.ir_version
     return wrapped
+
+
+def _road_constants() -> list[onnx.TensorProto]:
+    import numpy as np
+    from onnx import numpy_helper
+
+    from models.classes import ROAD_TRAIN_ID, Category
+    from models.networks.category_head import ROAD_SIBLINGS
+
+    return [numpy_helper.from_array(np.array(value, np.int64), _P + key) for key, value in {
+        "road_id": [ROAD_TRAIN_ID], "road_end": [ROAD_TRAIN_ID + 1], "siblings": list(ROAD_SIBLINGS),
+        "flat": int(Category.FLAT)}.items()]
+
+
+def _road_nodes(node: Callable[..., str], scores: str, labels: str, frame_hw: str) -> str:
+    """The torch backend's road layer (:func:`~models.networks.category_head.split_layers`): the
+    road margin ``logit[road] - max(logit[sidewalk...])`` from the source scores, upsampled like
+    the categories (linear, one channel: per channel the same filter as theirs), then flat AND a
+    positive margin."""
+    road_score = node("Slice", [scores, _P + "road_id", _P + "road_end", _P + "axis_c"], _P + "road_score")
+    siblings = node("Gather", [scores, _P + "siblings"], _P + "sibling_scores", axis=1)
+    best_sibling = node("ReduceMax", [siblings, _P + "axis_c"], _P + "best_sibling", keepdims=1)
+    margin = node("Sub", [road_score, best_sibling], _P + "road_margin")
+    up = node("Resize", [margin, "", "", frame_hw], _P + "road_margin_up", mode="linear",
+              coordinate_transformation_mode="half_pixel", axes=[2, 3])
+    ahead = node("Greater", [node("Squeeze", [up, _P + "axis_c"], _P + "road_margin_hw"), _P + "zero"],
+                 _P + "road_wins")
+    flat = node("Equal", [labels, _P + "flat"], _P + "is_flat")
+    return node("And", [flat, ahead], ROAD)
 
 
 # --- TensorRT -----------------------------------------------------------------------------------------------------
