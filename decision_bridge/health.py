@@ -62,6 +62,7 @@ class StreamHealth:
     dropped_upstream: int = 0
     run_id: str = ""
     report: StreamReport | None = None  # the newest status or eos
+    saw_no_frame: bool = False  # a status of this run said last_seq -1 before its first mask came
     arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW_MESSAGES))
 
     def on_mask(self, header: MaskHeader, now_ns: int) -> None:
@@ -70,15 +71,23 @@ class StreamHealth:
                 log.info("stream %s restarted (run %s seq %d after run %s seq %d)", header.stream_id,
                          header.run_id or "?", header.seq, self.run_id or "?", self.last_seq)
             self._restart(header.run_id)
-        elif self.last_seq >= 0 and header.seq > self.last_seq + 1:
+        if self.last_seq >= 0 or self._from_start(header):
             jump = header.seq - self.last_seq - 1
-            self.gaps += 1
-            self.missed += jump
-            self.dropped_upstream += min(header.dropped_before, jump)
+            if jump > 0:
+                self.gaps += 1
+                self.missed += jump
+                self.dropped_upstream += min(header.dropped_before, jump)
         self.last_seq = header.seq
         self.last_mask_ns = self.last_heard_ns = now_ns
         self.last_valid = header.valid
         self.arrivals.append(now_ns)
+
+    def _from_start(self, header: MaskHeader) -> bool:
+        """Whether the first mask of a run is known to follow frame -1 (SCHEMA.md section 6): nothing
+        was published before it (``dropped_before == seq``), or a status of this run said no frame
+        had been captured yet when we were already listening."""
+        started = self.report is not None and self.report.run_id == header.run_id and self.saw_no_frame
+        return header.dropped_before == header.seq or started
 
     def on_report(self, report: StreamReport, now_ns: int) -> None:
         if report.run_id != self.run_id and self.last_seq >= 0:
@@ -86,6 +95,8 @@ class StreamHealth:
         self.run_id = report.run_id
         self.report = report
         self.last_heard_ns = now_ns
+        if self.last_seq < 0 and report.kind is StreamEvent.STATUS:
+            self.saw_no_frame = self.saw_no_frame or report.last_seq == -1
         if report.kind is StreamEvent.EOS and report.final_seq > self.last_seq:
             # Frames after the last mask we saw (all of them, if we saw none) never came: lost, a gap.
             self.missed += report.final_seq - self.last_seq
@@ -93,6 +104,7 @@ class StreamHealth:
 
     def _restart(self, run_id: str) -> None:
         self.last_seq = -1
+        self.saw_no_frame = False
         self.run_id = run_id
         self.report = None
         self.arrivals.clear()

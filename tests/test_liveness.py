@@ -111,6 +111,22 @@ def test_end_of_stream_counts_the_tail_it_never_saw_and_a_new_run_is_not_a_gap()
     assert not status.ended and status.last_seq == 0 and status.run_id == "r2"
 
 
+def test_a_lost_frame_zero_is_a_gap_when_the_schema_says_it_is_known():
+    """SCHEMA.md section 6: frames before a run's first mask are known lost when its dropped_before
+    equals its seq, or when a status of the run said no frame had been captured yet."""
+    told = StreamHealth()
+    told.on_mask(replace(_mask_header(2), dropped_before=2), 0)
+    assert (told.status(0, alive_timeout_ns=500 * MS, min_rate_hz=None).gaps, told.missed) == (1, 2)
+    listening = StreamHealth()
+    listening.on_report(_report(last_seq=-1), 0)
+    listening.on_mask(replace(_mask_header(1), dropped_before=0), 1)  # e.g. frame 0 lost on the way
+    assert (listening.gaps, listening.missed) == (1, 1)
+    late = StreamHealth()  # joined mid-run: what came before is not ours to count
+    late.on_report(_report(last_seq=40), 0)
+    late.on_mask(replace(_mask_header(41), dropped_before=0), 1)
+    assert (late.gaps, late.missed) == (0, 0)
+
+
 # --- a real pipeline ----------------------------------------------------------------------------------------------
 
 
