@@ -39,6 +39,7 @@ PLUGIN_SUBCOMMANDS = {
     "train": ("models.training.train", "train or fine-tune a model (Cityscapes or synthetic)"),
     "export": ("models.export.onnx_export", "export a model to ONNX or build a TensorRT engine"),
     "bridge": ("decision_bridge.cli", "watch the ZeroMQ masks as a planner would (echo)"),
+    "segment": ("stream.segment_cli", "segment image files: masks, overlays, class fractions, IoU"),
 }
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900

@@ -54,6 +54,7 @@ from stream.telemetry import Telemetry
 from stream.void_mask import parse_void_masks
 from web_viewer.app import ViewerServer
 from web_viewer.hub import ViewerHub
+from web_viewer.segmentation import ModelNotReady, Segmented, segment_one
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,8 +206,16 @@ class Pipeline:
     async def _start_viewer(self) -> None:
         if self.config.viewer:
             self._hub, self._viewer = await start_viewer(self.config.viewer, self.stream_status,
+                                                         segmenter=self.segment_image,
                                                          fallback=self.config.viewer_fallback)
             self.viewer_port = self._viewer.port
+
+    async def segment_image(self, image: Any) -> Segmented:
+        """One uploaded HxWx3 RGB image through the model, on its own inference thread between batches
+        (CUDA contexts are per thread): the viewer's POST /api/segment."""
+        if self._backend is None or not self._model_ready:
+            raise ModelNotReady("the model is still loading")
+        return await self._in(self._infer_pool, segment_one, self._backend, image)
 
     async def _process(self) -> None:
         notify = asyncio.Event()

@@ -2,7 +2,8 @@
 
 Routes: ``/`` (the page), ``/static/...`` (its JS/CSS), ``/ws`` (WebSocket, see
 :mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters),
-``/api/streams`` (per-stream state and drops) and ``/healthz``. Everything is served
+``/api/streams`` (per-stream state and drops), ``/healthz``, and ``POST /api/segment`` with its upload
+page ``/segment`` (one image in, its segmentation out: :mod:`web_viewer.segment_api`). Everything is served
 from this package: no CDN, works offline.
 """
 
@@ -20,6 +21,8 @@ from aiohttp import web
 from yarl import URL
 
 from web_viewer.hub import ViewerHub
+from web_viewer.segment_api import SegmentApi
+from web_viewer.segmentation import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +98,11 @@ class ViewerServer:
     """aiohttp server for a :class:`ViewerHub`; ``start()`` also starts the hub's encoder."""
 
     def __init__(self, hub: ViewerHub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status: Callable[[], dict[str, Any]] | None = None, segmenter: Segmenter | None = None) -> None:
         self.hub = hub
         self._status = status  # per-stream health and accounting, for /api/streams
+        # POST /api/segment and the /segment upload page (web_viewer.segment_api); None: 503, no model.
+        self.segment_api = SegmentApi(segmenter, origin_allowed=_origin_allowed)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -154,6 +159,7 @@ class ViewerServer:
         app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/api/streams", self._streams)
         app.router.add_get("/healthz", self._healthz)
+        self.segment_api.add_routes(app)
         # Open WebSocket handlers would otherwise hold shutdown for the whole timeout.
         app.on_shutdown.append(self._on_shutdown)
         return app

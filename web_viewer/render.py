@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from typing import Any
 
 import cv2
@@ -80,6 +81,35 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise ValueError(f"JPEG encoding failed for a {rgb.shape} image")
     return buf.tobytes()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Masks are few distinct values in long runs: zlib's default level is already small and fast
+# (a 2048x1024 Cityscapes mask: 17 KB in 11 ms).
+MASK_PNG_LEVEL = 6
+
+
+def encode_mask_png(mask: np.ndarray, *, palette: bool = True) -> bytes:
+    """HxW uint8 category ids -> PNG whose pixel values ARE the ids.
+
+    ``palette``: an indexed-colour PNG (colour type 3) with the class colours as its palette, so it
+    shows as the familiar colour mask in any viewer while a palette-aware reader (PIL ``mode "P"``)
+    gets the ids back; ids outside the categories (255, ignore) draw as void. Otherwise 8-bit
+    greyscale ids (``cv2.imread(..., IMREAD_UNCHANGED)`` reads them back; OpenCV expands a palette
+    PNG to colours)."""
+    if mask.dtype != np.uint8 or mask.ndim != 2 or 0 in mask.shape:
+        raise ValueError(f"mask must be a non-empty HxW uint8 array of category ids, got {mask.dtype} {mask.shape}")
+    height, width = mask.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter type 0 (none), then the ids
+    rows[:, 1:] = mask
+    colour_type = 3 if palette else 0
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))]
+    if palette:
+        chunks.append((b"PLTE", _PALETTE_256.tobytes()))
+    chunks += [(b"IDAT", zlib.compress(rows.tobytes(), MASK_PNG_LEVEL)), (b"IEND", b"")]
+    return PNG_SIGNATURE + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
+    )
 
 
 def pack_frame(header: dict[str, Any], jpeg: bytes) -> bytes:
