@@ -41,6 +41,8 @@ PLUGIN_SUBCOMMANDS = {
     "bridge": ("decision_bridge.cli", "watch the ZeroMQ masks as a planner would (echo)"),
     "segment": ("stream.segment_cli", "segment image files: masks, overlays, class fractions, IoU"),
 }
+# The viewer token's default, read once here at start-up (keeps the token out of `ps` and shell history).
+VIEWER_TOKEN_ENV = "ROADSEG_VIEWER_TOKEN"
 DEMO_SOURCE = "synthetic:seed=7,size=512x256,fps=15"
 DEMO_FRAMES = 900
 # one minute at 15 fps: long enough to watch, short enough to end by itself
@@ -92,6 +94,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "DIR (default: any subscriber that has the server's public key)")
     p.add_argument("--viewer", type=_viewer, default=DEFAULT_VIEWER, metavar="HOST:PORT|off",
                    help="web viewer bind address (default 127.0.0.1:8080)")
+    p.add_argument("--viewer-token", metavar="TOKEN",
+                   help="require this token (16+ characters: letters, digits, - . _ ~ + /) for the viewer's page, "
+                        f"API and WebSocket; default ${VIEWER_TOKEN_ENV}, else none on a loopback bind and one made "
+                        "and printed at start on any other")
+    p.add_argument("--viewer-insecure", action="store_true",
+                   help="serve a viewer bound beyond loopback without a token: anyone who can reach it can watch")
+    p.add_argument("--viewer-allow-host", action="append", default=[], metavar="NAME",
+                   help="a further host name the viewer answers to, e.g. a reverse proxy's (repeatable; other "
+                        "Host headers are refused, against DNS rebinding)")
     p.add_argument("--realtime", action="store_true", help="replay at the recorded frame rate")
     p.add_argument("--rate", type=positive_float, metavar="FPS",
                    help="replay each source at FPS frames/s (a camera at a chosen rate)")
@@ -163,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     demo = args.command == "demo"
     common: dict[str, Any] = dict(
         zmq_curve=_curve_server(args),
+        viewer_security=_viewer_security(args),
         backend=args.backend, device=args.device, precision=args.precision, zmq_address=args.zmq,
         zmq_wait_subscriber_s=args.zmq_wait, zmq_subscribers=args.zmq_subscribers,
         zmq_mode=DeliveryMode(args.zmq_mode), mask_scale=args.mask_scale, viewer=args.viewer, realtime=args.realtime,
@@ -185,6 +197,26 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **common)
     return PipelineConfig(sources=tuple(args.source), model=args.model, input_size=args.size,
                           max_frames=args.max_frames, void_masks=tuple(args.void_mask), **common)
+
+
+def _viewer_security(args: argparse.Namespace) -> Any:
+    """The viewer's ViewerSecurity, checked now (a ValueError names a bad flag), or None: defaults."""
+    env_token = os.environ.get(VIEWER_TOKEN_ENV) or None
+    flags = args.viewer_token is not None or args.viewer_insecure or args.viewer_allow_host
+    if args.viewer is None:
+        if flags:
+            raise ValueError("--viewer-token, --viewer-insecure and --viewer-allow-host need the viewer "
+                             "(they were given with --viewer off)")
+        return None
+    if not flags and env_token is None:
+        return None
+    if args.viewer_insecure and args.viewer_token is None and env_token is not None:
+        raise ValueError(f"--viewer-insecure, but ${VIEWER_TOKEN_ENV} sets a token: unset it, or drop "
+                         "--viewer-insecure")
+    from web_viewer.security import ViewerSecurity
+
+    token = args.viewer_token if args.viewer_token is not None else env_token
+    return ViewerSecurity(token=token, insecure=args.viewer_insecure, allow_hosts=tuple(args.viewer_allow_host))
 
 
 def _curve_server(args: argparse.Namespace) -> CurveServer | None:

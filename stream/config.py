@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from decision_bridge.curve import CurveServer
 from models.backends.common import Device, Precision
@@ -12,6 +13,9 @@ from stream.sources.base import ReplayMode
 from stream.sources.cameras import RtspTransport
 from stream.sources.limits import FrameLimits
 from stream.sources.live import LiveOptions
+
+if TYPE_CHECKING:  # the viewer (aiohttp) is imported only by a run that serves it
+    from web_viewer.security import ViewerSecurity
 
 DEFAULT_ZMQ_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_VIEWER = ("127.0.0.1", 8080)
@@ -43,6 +47,9 @@ class PipelineConfig:
     mask_scale: int = 1  # publish every Nth pixel of the mask and road layer (1, 2, 4 or 8)
     viewer: tuple[str, int] | None = DEFAULT_VIEWER  # None: no viewer
     viewer_fallback: bool = False  # demo: if the port is taken, serve on a free one
+    # Token, Host allow-list, --viewer-insecure (checked when made, by the CLI); None: the defaults
+    # (no token on loopback, a generated one on any other bind).
+    viewer_security: ViewerSecurity | None = None
     max_frames: int | None = None  # per source
     realtime: bool = False  # replay at the recorded rate instead of as fast as possible
     replay_rate: float | None = None  # replay at this many frames/s per source (implies pacing)
@@ -83,6 +90,9 @@ class PipelineConfig:
             raise ValueError(f"zmq_subscribers must be >= 1, got {self.zmq_subscribers}")
         if not self.max_age_ms > 0:
             raise ValueError(f"max_age_ms must be > 0, got {self.max_age_ms}")
+        if self.viewer_security is not None and self.viewer is None:
+            raise ValueError("viewer security settings (--viewer-token, --viewer-insecure, --viewer-allow-host) "
+                             "were given, but the viewer is off (--viewer off)")
 
     def resolved(self, device: str) -> PipelineConfig:
         """This config with the automatic batch size fixed for the backend's device."""

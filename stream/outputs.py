@@ -16,6 +16,7 @@ from decision_bridge.publisher import MaskPublisher, PublisherError
 from stream.delivery import DeliveryMode, publisher_for
 from web_viewer.app import ViewerError, ViewerServer
 from web_viewer.hub import ViewerHub
+from web_viewer.security import ViewerSecurity
 from web_viewer.segmentation import Segmenter
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,13 @@ def is_local(endpoint: str) -> bool:
 
 
 async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any]], *,
+                       security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
                        fallback: bool, segmenter: Segmenter | None = None) -> tuple[ViewerHub, ViewerServer]:
     """``segmenter``: runs uploaded images through the model (the viewer's POST /api/segment)."""
     host, port = bind
     hub = ViewerHub()
     hub.start()
-    viewer = ViewerServer(hub, host, port, status=status, segmenter=segmenter)
+    viewer = ViewerServer(hub, host, port, security=security, ready=ready, status=status, segmenter=segmenter)
     try:
         await viewer.start()
     except ViewerError as exc:
@@ -73,7 +75,7 @@ async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any
             await hub.close()
             raise
         log.warning("viewer port %d is in use; serving on a free port instead", port)
-        viewer = ViewerServer(hub, host, 0, status=status, segmenter=segmenter)
+        viewer = ViewerServer(hub, host, 0, security=security, ready=ready, status=status, segmenter=segmenter)
         await viewer.start()
     log.info("viewer: http://%s:%d/", host, viewer.port)
     return hub, viewer

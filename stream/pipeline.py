@@ -207,6 +207,8 @@ class Pipeline:
         if self.config.viewer:
             self._hub, self._viewer = await start_viewer(self.config.viewer, self.stream_status,
                                                          segmenter=self.segment_image,
+                                                         security=self.config.viewer_security,
+                                                         ready=lambda: self._model_ready,
                                                          fallback=self.config.viewer_fallback)
             self.viewer_port = self._viewer.port
 

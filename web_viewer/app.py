@@ -4,7 +4,8 @@ Routes: ``/`` (the page), ``/static/...`` (its JS/CSS), ``/ws`` (WebSocket, see
 :mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters),
 ``/api/streams`` (per-stream state and drops), ``/healthz``, and ``POST /api/segment`` with its upload
 page ``/segment`` (one image in, its segmentation out: :mod:`web_viewer.segment_api`). Everything is served
-from this package: no CDN, works offline.
+from this package: no CDN, works offline. ``/readyz``: 200 once the model is loaded and a stream is
+live. Who may use which route: :mod:`web_viewer.security`; connection limits: :mod:`web_viewer.connections`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from yarl import URL
 
+from web_viewer.connections import HEADER_TIMEOUT_S, ConnectionGuard, GuardedSite, access_log_kwargs
 from web_viewer.hub import ViewerHub
+from web_viewer.security import ViewerSecurity, origin_matches_host, security_middleware
 from web_viewer.segment_api import SegmentApi
 from web_viewer.segmentation import Segmenter
 
@@ -29,8 +31,9 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-# Pings detect viewers that vanished without closing (laptop lid, Wi-Fi drop).
-HEARTBEAT_S = 15.0
+# Pings detect viewers that vanished without closing (laptop lid, Wi-Fi drop) or stopped
+# reading: without a pong within HEARTBEAT_S / 2 of a ping, the slot is freed.
+HEARTBEAT_S = 5.0
 # The page never sends anything big; a tiny limit keeps a hostile client cheap.
 MAX_CLIENT_MSG_BYTES = 4096
 # Kernel send buffer per viewer socket. Every byte queued there is a frame the
@@ -85,19 +88,18 @@ def _check_ipv6(spec: str, host: str) -> None:
 def _origin_allowed(request: web.Request) -> bool:
     """Refuse cross-site WebSockets: any web page could otherwise watch our cameras.
 
-    Browsers always send Origin; tools (tests, curl) usually do not and are allowed.
+    Browsers always send Origin; tools (tests, curl) usually do not and are allowed. (The
+    security middleware checks this too, with the Host allow-list; malformed: refused, no 500.)
     """
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    parsed = URL(origin)
-    return parsed.is_absolute() and parsed.host is not None and parsed.raw_authority == request.host
+    return origin_matches_host(request)
 
 
 class ViewerServer:
     """aiohttp server for a :class:`ViewerHub`; ``start()`` also starts the hub's encoder."""
 
     def __init__(self, hub: ViewerHub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
+                 header_timeout_s: float = HEADER_TIMEOUT_S,
                  status: Callable[[], dict[str, Any]] | None = None, segmenter: Segmenter | None = None) -> None:
         self.hub = hub
         self._status = status  # per-stream health and accounting, for /api/streams
@@ -107,28 +109,54 @@ class ViewerServer:
         self.port = port
         self._runner: web.AppRunner | None = None
         self._closed = False
+        self._ready = ready  # the model is loaded (/readyz); None: no model to wait for
+        # Token, Host allow-list, Origin (web_viewer.security): resolved once, a token made here if needed.
+        self.policy = (security or ViewerSecurity()).resolve(host)
+        self.guard = ConnectionGuard(header_timeout_s=header_timeout_s)  # half-sent requests
+        self._header_timeout_s = header_timeout_s
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
+    @property
+    def page_url(self) -> str:
+        """:attr:`url` with the token, if one is needed (what a browser opens)."""
+        return f"{self.url}?token={self.policy.token}" if self.policy.token else self.url
+
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0). Raises ViewerError."""
         if self._runner is not None or self._closed:
             raise ViewerError("ViewerServer.start() may be called once")
         self.hub.start()
-        runner = web.AppRunner(self._make_app(), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        # keepalive_timeout: a kept-alive connection idle or half-way through its next request
+        # is closed as late as a first request without complete headers (ConnectionGuard).
+        runner = web.AppRunner(self._make_app(), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                               keepalive_timeout=self._header_timeout_s, **access_log_kwargs())
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await GuardedSite(runner, self.host, self.port, self.guard).start()
         except OSError as exc:
             await runner.cleanup()
             raise ViewerError(self._bind_error_text(exc)) from exc
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info("viewer: serving on %s", self.url)
+        self._log_access_policy()
         return self.port
+
+    def _log_access_policy(self) -> None:
+        if self.policy.generated:
+            # A wildcard address is no place to browse to: name this machine instead.
+            host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{self.port}/?token={self.policy.token}"
+            log.warning("viewer: listening beyond loopback, so it needs a token; open %s (this token was made "
+                        "for this run: --viewer-token sets your own)", url)
+        elif self.policy.exposed:
+            log.warning("viewer: --viewer-insecure: ANYONE who can reach %s can watch the cameras and use "
+                        "the API, with no token", self.url)
 
     def _bind_error_text(self, exc: OSError) -> str:
         where = f"{self.host}:{self.port}"
@@ -152,13 +180,17 @@ class ViewerServer:
     # ---------------------------------------------------------------- app
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[_security_headers])
+        # Outermost first: the guard sees every request, the headers go on every answer (refusals too).
+        app = web.Application(middlewares=[self.guard.middleware, _security_headers,
+                                           security_middleware(self.policy)])
         app.router.add_get("/", self._index)
-        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+        # Route names: security.PUBLIC_ROUTES (served without a token) are the static files and the probes.
+        app.router.add_static("/static/", STATIC_DIR, append_version=False, name="static")
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/api/streams", self._streams)
-        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/healthz", self._healthz, name="healthz")
+        app.router.add_get("/readyz", self._readyz, name="readyz")
         self.segment_api.add_routes(app)
         # Open WebSocket handlers would otherwise hold shutdown for the whole timeout.
         app.on_shutdown.append(self._on_shutdown)
@@ -181,6 +213,23 @@ class ViewerServer:
     async def _healthz(self, _request: web.Request) -> web.Response:
         stats = self.hub.stats
         return web.json_response({"ok": True, "clients": stats["clients"], "streams": len(stats["streams"])})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        """200 once the model is loaded and at least one stream is live, else 503 with the reason.
+        Without a status source, a stream that has sent the viewer a frame counts as live."""
+        model = self._ready() if self._ready is not None else True
+        if self._status is not None:
+            states = {stream: str(status.get("state")) for stream, status in self._status().items()}
+        else:
+            states = dict.fromkeys(self.hub.stats["streams"], "live")
+        live = sorted(stream for stream, state in states.items() if state == "live")
+        reason = None
+        if not model:
+            reason = "the model is not loaded yet"
+        elif not live:
+            reason = "no stream is live (" + (", ".join(f"{k}: {v}" for k, v in states.items()) or "none") + ")"
+        body = {"ready": reason is None, "model_loaded": model, "live_streams": live, "reason": reason}
+        return web.json_response(body, status=200 if reason is None else 503)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if not _origin_allowed(request):

@@ -13,6 +13,12 @@ A slow browser must never slow the pipeline, and nothing may grow with time:
 * Each client has a mailbox holding at most one unsent frame per stream (a newer
   frame replaces it: counted in ``superseded``) and its own sender task, so a
   client whose socket is full only ever blocks itself.
+* Viewers that stop reading cannot lock out real ones: a client whose socket has
+  taken nothing for ``send_deadline_s`` is dropped; a new viewer evicts a client
+  stalled for ``STALLED_S`` when all ``MAX_CLIENTS`` slots are taken, and one remote
+  address holds at most ``MAX_CLIENTS_PER_ADDRESS`` slots (its newest viewers win:
+  its oldest, stalled ones first, make room). Dropped clients are aborted at once,
+  never counted against the caps.
 
 Wire protocol on ``/ws``: first a text message
 ``{"type": "hello", "classes": [{"id", "name", "color": [r, g, b]}, ...], "streams": [...]}``,
@@ -36,6 +42,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, web
 
+from web_viewer.connections import peer_host
 from web_viewer.render import class_table, render_packet
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,12 @@ log = logging.getLogger(__name__)
 # Hard bounds: stream ids and viewers come from outside, memory must not follow them.
 MAX_STREAMS = 64
 MAX_CLIENTS = 32
+MAX_CLIENTS_PER_ADDRESS = 8
+# A send blocked this long (the viewer read nothing meanwhile) drops the client. A slow but
+# reading link completes a send well within it (the socket takes a frame as soon as it read one).
+SEND_DEADLINE_S = 10.0
+# A client blocked in a send this long may be evicted to admit a new viewer when the hub is full.
+STALLED_S = 1.0
 # Two threads keep the viewer's CPU share bounded however many streams there are.
 ENCODE_THREADS = 2
 # How long close() waits for a client to acknowledge the close before aborting it.
@@ -72,11 +85,13 @@ class _Client:
     client_id: int
     ws: web.WebSocketResponse
     transport: asyncio.Transport | None
+    peer: str = ""  # remote address
     mailbox: dict[str, bytes] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     sent: int = 0
     in_flight: int = 0  # 1 while a send is blocked on a full socket
+    blocked_since: float | None = None  # loop time the current send started
     superseded: int = 0
     mailbox_high_water: int = 0
 
@@ -94,6 +109,9 @@ class _Client:
         # Oldest-waiting stream first (dict order; replacing keeps the position) = fair.
         stream_id = next(iter(self.mailbox))
         return self.mailbox.pop(stream_id)
+
+    def stalled_for(self, now: float) -> float:
+        return 0.0 if self.blocked_since is None else now - self.blocked_since
 
     def snapshot(self) -> dict[str, int]:
         return {
@@ -116,6 +134,7 @@ class ViewerHub:
         alpha: float = 0.5,
         max_width: int = 960,
         executor: concurrent.futures.Executor | None = None,
+        send_deadline_s: float = SEND_DEADLINE_S,
     ) -> None:
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
@@ -123,6 +142,9 @@ class ViewerHub:
             raise ValueError(f"alpha must be in 0..1, got {alpha}")
         if max_width < 16:
             raise ValueError(f"max_width must be >= 16, got {max_width}")
+        if not send_deadline_s > 0:
+            raise ValueError(f"send_deadline_s must be > 0, got {send_deadline_s}")
+        self._send_deadline_s = send_deadline_s
         self._render = functools.partial(
             render_packet, alpha=alpha, max_width=max_width, jpeg_quality=jpeg_quality
         )
@@ -139,7 +161,7 @@ class ViewerHub:
         self._closing: asyncio.Task[None] | None = None
         self._counts = dict.fromkeys(
             ("frames_offered", "frames_encoded", "frames_sent", "superseded", "pending_replaced",
-             "encode_errors", "streams_rejected", "clients_rejected", "clients_total"),
+             "encode_errors", "streams_rejected", "clients_rejected", "clients_total", "clients_evicted"),
             0,
         )  # fmt: skip
 
@@ -287,17 +309,28 @@ class ViewerHub:
         """Run one prepared WebSocket until it closes (call from the ``/ws`` handler).
 
         ``transport`` (``request.transport``) lets close() abort a client that
-        never acknowledges the close because it stopped reading.
+        never acknowledges the close because it stopped reading, and names its
+        address for ``MAX_CLIENTS_PER_ADDRESS``.
         """
-        if self._closing is not None or len(self._clients) >= MAX_CLIENTS:
+        peer = peer_host(transport)
+        if self._closing is not None or not self._make_room(peer):
             if self._closing is None:
                 self._counts["clients_rejected"] += 1
             await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"viewer unavailable")
             return
-        client = _Client(next(self._client_ids), ws, transport)
-        await ws.send_str(self._hello())  # before registering: no frame may precede the hello
-        if self._closing is not None:  # closed while we were sending: register nothing
-            await ws.close(code=WSCloseCode.GOING_AWAY)
+        client = _Client(next(self._client_ids), ws, transport, peer)
+        # The slot is taken now (a burst of new viewers must see it); frames may wait in the
+        # mailbox, but the sender starts after the hello: no frame may precede it.
+        self._clients[client.client_id] = client
+        try:
+            async with asyncio.timeout(self._send_deadline_s):
+                await ws.send_str(self._hello())
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.debug("viewer: client %d did not take the hello: %r", client.client_id, exc)
+            await self._drop_client(client, WSCloseCode.GOING_AWAY)
+            return
+        if self._closing is not None or client.client_id not in self._clients:  # closed or evicted meanwhile
+            await self._drop_client(client, WSCloseCode.GOING_AWAY)
             return
         self._register(client)
         try:
@@ -309,8 +342,36 @@ class ViewerHub:
     def _hello(self) -> str:
         return json.dumps({"type": "hello", "classes": class_table(), "streams": sorted(self._streams)})
 
+    def _make_room(self, peer: str) -> bool:
+        """Whether a new viewer from ``peer`` may connect, after evicting whom it displaces."""
+        now = asyncio.get_running_loop().time()
+        same_peer = [client for client in self._clients.values() if client.peer == peer]
+        if len(same_peer) >= MAX_CLIENTS_PER_ADDRESS:
+            # One address's newest viewer wins over its own oldest (the longest stalled first):
+            # a tab reopened gets in, and a flood from one address only ever displaces itself.
+            self._evict(max(same_peer, key=lambda c: (c.stalled_for(now), -c.client_id)), "per-address limit")
+        if len(self._clients) < MAX_CLIENTS:
+            return True
+        stalled = max(self._clients.values(), key=lambda c: c.stalled_for(now))
+        if stalled.stalled_for(now) < STALLED_S:
+            return False  # every slot is a viewer that reads: refuse the newcomer
+        self._evict(stalled, "full; stalled")
+        return True
+
+    def _evict(self, client: _Client, why: str) -> None:
+        """Drop a client now, without waiting for it (it may never read again): its slot is free
+        at once; its handler ends when the aborted socket reports the loss."""
+        if self._clients.pop(client.client_id, None) is None:
+            return
+        self._counts["clients_evicted"] += 1
+        log.debug("viewer: dropped client %d (%s): %s", client.client_id, client.peer or "?", why)
+        client.mailbox.clear()
+        if client.task is not None and client.task is not asyncio.current_task():
+            client.task.cancel()
+        if client.transport is not None:
+            client.transport.abort()
+
     def _register(self, client: _Client) -> None:
-        self._clients[client.client_id] = client
         self._counts["clients_total"] += 1
         client.task = asyncio.get_running_loop().create_task(
             self._send_loop(client), name=f"{TASK_PREFIX}send-{client.client_id}"
@@ -328,13 +389,19 @@ class ViewerHub:
             while client.mailbox:
                 packet = client.take()
                 client.in_flight = 1
+                client.blocked_since = asyncio.get_running_loop().time()
                 try:
-                    await client.ws.send_bytes(packet)
+                    async with asyncio.timeout(self._send_deadline_s):
+                        await client.ws.send_bytes(packet)
+                except TimeoutError:
+                    self._evict(client, f"took no data for {self._send_deadline_s:g} s")
+                    return
                 except (ConnectionError, RuntimeError) as exc:  # peer gone; serve_client cleans up
                     log.debug("viewer: client %d send failed: %s", client.client_id, exc)
                     return
                 finally:
                     client.in_flight = 0
+                    client.blocked_since = None
                 client.sent += 1
                 self._counts["frames_sent"] += 1
 
@@ -348,12 +415,17 @@ class ViewerHub:
         await self._close_socket(client, code)
 
     async def _close_socket(self, client: _Client, code: int) -> None:
+        transport = client.transport
         if client.ws.closed:
+            # Closed by aiohttp (e.g. no pong in time): its plain close() keeps the socket until
+            # the unsent backlog drains, which for a client that stopped reading is never.
+            if transport is not None and transport.get_write_buffer_size() > 0:
+                transport.abort()
             return
         with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
             # drain=False: a client that stopped reading would otherwise hold close() forever.
             await asyncio.wait_for(client.ws.close(code=code, drain=False), CLOSE_TIMEOUT_S)
-        if client.transport is not None:
+        if transport is not None:
             # A plain close() keeps the socket until its unread backlog drains, which
             # for a stalled client is never; abort frees it now.
-            client.transport.abort()
+            transport.abort()

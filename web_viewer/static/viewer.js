@@ -22,6 +22,28 @@
   const utf8 = new TextDecoder();
   const panels = new Map(); // stream id -> panel state
   let backoffMs = RECONNECT_MIN_MS;
+  const token = takeToken();
+
+  // The viewer token (README, "Viewer security"): the URL printed at start carries ?token=.
+  // Kept for this tab only (sessionStorage), taken out of the address bar (no bookmark or
+  // screen share shows it), and sent with every request: in the query of the WebSocket
+  // (browsers cannot set its headers), as a Bearer header on API calls.
+  function takeToken() {
+    const url = new URL(location.href);
+    const fromUrl = url.searchParams.get("token");
+    let stored = null;
+    try {
+      if (fromUrl) sessionStorage.setItem("roadseg-token", fromUrl);
+      stored = sessionStorage.getItem("roadseg-token");
+    } catch (err) {
+      // storage disabled: the URL's token still serves this page load (and the cookie the server set)
+    }
+    if (fromUrl) {
+      url.searchParams.delete("token");
+      history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+    }
+    return fromUrl || stored;
+  }
 
   function setStatus(state, text) {
     statusEl.dataset.state = state;
@@ -32,7 +54,8 @@
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+    const query = token ? `?token=${encodeURIComponent(token)}` : "";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws${query}`);
     ws.binaryType = "arraybuffer";
     setStatus("connecting", "connecting…");
     ws.onopen = () => {
@@ -235,7 +258,8 @@
   async function pollStreams() {
     let streams;
     try {
-      const response = await fetch(STATUS_URL, { cache: "no-store" });
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const response = await fetch(STATUS_URL, { cache: "no-store", headers });
       if (!response.ok) return;
       streams = await response.json();
     } catch (err) {
