@@ -44,6 +44,11 @@ FLOODER = textwrap.dedent("""
     time.sleep(600)  # stays connected (ZeroMQ re-dials and re-sends whenever it is hung up on)
 """)
 RSS_SAMPLE_S = 0.02
+# RSS grows by 150-250 MB over a run's first masks (batches growing to full size, allocator arenas:
+# the amount varies run to run) and is flat from about the 50th on: the flood and the memory
+# baseline start after this many masks, so that growth is not mistaken for the flood's.
+SETTLED_MASKS = 60
+FRAMES = 200
 FLOODER_NICE = 19
 FIELDS = ("fps", "rss_growth_mb", "max_loop_stall_s", "refused", "flooder_cpu_s")
 
@@ -64,9 +69,9 @@ def _cpu_s(pid: int) -> float:
 async def run_once(flood: int) -> tuple[float, float, float, int, float]:
     """(frames/s, peak RSS growth MB while flooded, longest event-loop stall s, subscriptions the
     publisher read and refused, the flooder's CPU s). A real subscriber joins before frame 0; the flooder (another
-    process) starts with the first mask (after the model loaded, whose own peak varies by tens of
-    MB) and floods until the run ends; memory is measured from that moment."""
-    config = PipelineConfig(sources=("cam=synthetic:seed=3,size=256x128,frames=80",), model="demo",
+    process) starts once the pipeline's memory has settled (:data:`SETTLED_MASKS`) and floods until the
+    run ends; memory is measured from that moment."""
+    config = PipelineConfig(sources=(f"cam=synthetic:seed=3,size=256x128,frames={FRAMES}",), model="demo",
                             precision=Precision.FP32, zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=60.0,
                             viewer=None, stats_interval_s=0)
     stall = 0.0
@@ -87,7 +92,8 @@ async def run_once(flood: int) -> tuple[float, float, float, int, float]:
         address = str(pipeline.zmq_address)
         subscriber = MaskSubscriber(address, ["cam"])
         subscriber.connect()
-        await wait_for(lambda: pipeline.telemetry.frames > 0 or task.done(), timeout_s=120, what="the first mask")
+        await wait_for(lambda: pipeline.telemetry.frames >= SETTLED_MASKS or task.done(), timeout_s=120,
+                       what="the pipeline to settle")
         rss_before = peak = _rss_mb()
         ticking = asyncio.create_task(ticker())
         flooder = subprocess.Popen(["nice", "-n", str(FLOODER_NICE), sys.executable, "-c", FLOODER, address,
@@ -102,8 +108,8 @@ async def run_once(flood: int) -> tuple[float, float, float, int, float]:
             flooder.kill()
             flooder.wait(10)
     ticking.cancel()
-    assert pipeline._publisher is not None
-    return summary["fps"], peak - rss_before, stall, pipeline._publisher.rejected_subscriptions, flooder_cpu
+    assert pipeline.publisher is not None
+    return summary["fps"], peak - rss_before, stall, pipeline.publisher.rejected_subscriptions, flooder_cpu
 
 
 async def measure(rounds: int) -> dict[str, object]:

@@ -19,7 +19,6 @@ class Ledger:
         self._drops: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.in_flight: Counter[str] = Counter()  # taken from a queue, not yet published or dropped
         self._last_seq: dict[str, int] = {}
-        self.zmq_hwm = 0
 
     def drop(self, stream_id: str, cause: str, count: int = 1) -> None:
         self._drops[stream_id][cause] += count

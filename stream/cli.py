@@ -126,6 +126,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="frames per inference batch across streams (default: 8 on CUDA, 1 on CPU)")
     p.add_argument("--max-wait-ms", type=float, default=4.0)
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
+    p.add_argument("--record", metavar="DIR",
+                   help="write per stream DIR/<stream>/: overlay.mp4 (annotated video), masks and telemetry.jsonl "
+                        "(its own queue: a slow disk drops recorded frames, counted, never live ones)")
+    p.add_argument("--record-masks", choices=("png", "npz", "off"), default="png",
+                   help="recorded masks: png (one palette PNG per frame, default), npz (compressed arrays, "
+                        "100 frames per file) or off")
+    p.add_argument("--no-record-video", dest="record_video", action="store_false",
+                   help="with --record: no overlay video")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -170,6 +178,14 @@ def _add_plugin(sub: Any, module_name: str) -> None:
     importlib.import_module(module_name).add_subcommand(sub)
 
 
+def _record(args: argparse.Namespace) -> Any:
+    if not args.record:
+        return None
+    from stream.sinks.recorder import RecordConfig
+
+    return RecordConfig(Path(args.record), video=args.record_video, masks=args.record_masks)
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     demo = args.command == "demo"
     common: dict[str, Any] = dict(
@@ -191,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         # The demo needs no subscriber: a taken default port must not stop it (run keeps failing clearly).
         zmq_fallback=demo and args.zmq == DEFAULT_ZMQ_ADDRESS,
         viewer_fallback=demo and args.viewer == DEFAULT_VIEWER,
+        record=_record(args),
     )
     if demo:
         frames = f",frames={args.frames}" if args.frames > 0 else ""

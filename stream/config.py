@@ -15,6 +15,7 @@ from stream.sources.limits import FrameLimits
 from stream.sources.live import LiveOptions
 
 if TYPE_CHECKING:  # the viewer (aiohttp) is imported only by a run that serves it
+    from stream.sinks.recorder import RecordConfig
     from web_viewer.security import ViewerSecurity
 
 DEFAULT_ZMQ_ADDRESS = "tcp://127.0.0.1:5555"
@@ -66,6 +67,7 @@ class PipelineConfig:
     stats_interval_s: float = 5.0  # periodic one-line status log; 0 disables
     decode_threads: int = 0  # shared decode pool; 0: one per CPU core
     void_masks: tuple[str, ...] = ()  # STREAM=PATH: static per-camera void regions (bonnet, border)
+    record: RecordConfig | None = None  # --record DIR: annotated video, masks and telemetry per stream
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from decision_bridge.curve import CurveServer
@@ -62,12 +63,16 @@ def is_local(endpoint: str) -> bool:
 
 async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any]], *,
                        security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
-                       fallback: bool, segmenter: Segmenter | None = None) -> tuple[ViewerHub, ViewerServer]:
-    """``segmenter``: runs uploaded images through the model (the viewer's POST /api/segment)."""
+                       fallback: bool, segmenter: Segmenter | None = None,
+                       metrics: Callable[[], bytes] | None = None) -> tuple[ViewerHub, ViewerServer]:
+    """``segmenter``: runs uploaded images through the model (the viewer's POST /api/segment);
+    ``metrics``: the Prometheus exposition (``/metrics``)."""
     host, port = bind
     hub = ViewerHub()
     hub.start()
-    viewer = ViewerServer(hub, host, port, security=security, ready=ready, status=status, segmenter=segmenter)
+    make = partial(ViewerServer, hub, host, security=security, ready=ready, status=status, segmenter=segmenter,
+                   metrics=metrics)
+    viewer = make(port)
     try:
         await viewer.start()
     except ViewerError as exc:
@@ -75,7 +80,7 @@ async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any
             await hub.close()
             raise
         log.warning("viewer port %d is in use; serving on a free port instead", port)
-        viewer = ViewerServer(hub, host, 0, security=security, ready=ready, status=status, segmenter=segmenter)
+        viewer = make(0)
         await viewer.start()
-    log.info("viewer: http://%s:%d/", host, viewer.port)
+    log.info("viewer: %s", viewer.url)
     return hub, viewer

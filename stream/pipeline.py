@@ -1,5 +1,5 @@
 """The pipeline runner: sources -> per-source queues -> batcher -> inference ->
-post-processing -> ZeroMQ publish + viewer + telemetry.
+post-processing -> sinks (ZeroMQ bridge, telemetry, viewer: :mod:`stream.sinks`).
 
 Threads: one per source (decode; a live camera has its own reader), one for the
 model (a daemon, so a stop during a long model load never waits for it), one for
@@ -22,38 +22,31 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from decision_bridge.io_thread import PublisherThread
 from decision_bridge.publisher import MaskPublisher
-from decision_bridge.schema import Encoding, encode
+from decision_bridge.schema import Encoding
 from models.backends.base import InferenceBackend
 from stream.accounting import Ledger
 from stream.batcher import AllStreamsEnded, Batcher
 from stream.clock import MONOTONIC, Clock
 from stream.config import PipelineConfig
 from stream.daemon_executor import DaemonThreadExecutor
-from stream.delivery import deliver, wait_for_subscribers
 from stream.frame import Frame
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
-from stream.liveness import StatusBeacon
-from stream.outputs import bind_publisher, start_viewer
+from stream.metrics import PipelineMetrics
+from stream.outputs import start_viewer
 from stream.queues import DROP_CAUSE_QUEUE_FULL, BoundedQueue, DropPolicy, QueueClosed
+from stream.sinks import Result, Sink
+from stream.sinks.bridge import BridgeSink
+from stream.sinks.metrics import MetricsSink
+from stream.sinks.recorder import RecorderSink
+from stream.sinks.telemetry import TelemetrySink
+from stream.sinks.viewer import ViewerSink
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.sources.live import DROP_CAUSE_SUPERSEDED
-from stream.stages import (
-    Encoded,
-    Inferred,
-    encode_result,
-    frame_record,
-    make_header,
-    road_parts,
-    validity,
-    viewer_info,
-)
+from stream.stages import Encoded, Inferred, encode_result, make_header, validity
 from stream.telemetry import Telemetry
 from stream.void_mask import parse_void_masks
-from web_viewer.app import ViewerServer
-from web_viewer.hub import ViewerHub
 from web_viewer.segmentation import ModelNotReady, Segmented, segment_one
 
 log = logging.getLogger(__name__)
@@ -61,8 +54,6 @@ T = TypeVar("T")
 BackendFactory = Callable[[], InferenceBackend]
 DROP_CAUSE_SHUTDOWN = "shutdown"  # read, then the stop came before it could be queued
 DROP_CAUSE_ABORTED = "aborted"  # queued when a forced stop (second Ctrl-C) came
-# At shutdown the last masks and the end-of-stream messages still queued get this long to reach subscribers.
-FLUSH_LINGER_MS = 500
 FAILURE_LOG_EVERY = 100  # a backend failing on every frame logs once, then every this many
 
 
@@ -78,6 +69,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, backend_factory: BackendFactory, clock: Clock = MONOTONIC):
         self.config = config
         self.telemetry = Telemetry()
+        self.metrics = PipelineMetrics(self.stream_status)  # served by the viewer at /metrics
         self.ledger = Ledger()
         self._backend_factory = backend_factory
         self._clock = clock
@@ -92,13 +84,12 @@ class Pipeline:
         self._queues: list[BoundedQueue[Frame]] = []
         self._streams: dict[str, tuple[FrameSource, BoundedQueue[Frame]]] = {}  # by stream id
         self._results: BoundedQueue[Inferred] = BoundedQueue("results", config.result_depth, DropPolicy.BLOCK)
-        self._publisher: MaskPublisher | None = None
-        self._io: PublisherThread | None = None
         self.run_id = secrets.token_hex(8)  # in every message: subscribers tell a restart from a gap
-        self._beacon: StatusBeacon | None = None
-        self._beacon_task: asyncio.Task[None] | None = None
-        self._hub: ViewerHub | None = None
-        self._viewer: ViewerServer | None = None
+        self._bridge: BridgeSink | None = None
+        self._viewer: ViewerSink | None = None
+        # Every result goes to each, in this order: the bridge first (bound before the model loads),
+        # telemetry, then the viewer and any other output.
+        self._sinks: list[Sink] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._stop_event = asyncio.Event()
@@ -111,6 +102,11 @@ class Pipeline:
         self.observers: list[Callable[[Frame, Any, int], None]] = []
         self.viewer_port: int | None = None
         self.zmq_address: str | None = None
+
+    @property
+    def publisher(self) -> MaskPublisher | None:
+        """The ZeroMQ publisher (owned by its thread: read its counters, call nothing)."""
+        return self._bridge.publisher if self._bridge else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -157,8 +153,15 @@ class Pipeline:
 
     async def _start(self) -> None:
         await self._open_sources()
+        if self.config.record:  # a bad folder fails here, before anything binds or loads
+            self.config.record.check([source.source_id for source in self._sources])
         self._bind_publisher()
+        self._sinks += [TelemetrySink(self.telemetry, self._clock), MetricsSink(self.metrics, self._clock)]
         await self._start_viewer()
+        if self.config.record:
+            self._sinks.append(RecorderSink(self.config.record, {s.source_id: s.nominal_fps for s in self._sources},
+                                            {"run_id": self.run_id, "model": self.config.model,
+                                             "sources": {s.source_id: s.spec for s in self._sources}}))
         if self._stop_requested:
             raise Stopped
         self._backend = await self._unless_stopped(self._in(self._infer_pool, self._backend_factory))
@@ -167,10 +170,10 @@ class Pipeline:
         self._model_ready = True
         for source in self._sources:
             await source.start()
-        if self._io and self.config.zmq_wait_subscriber_s > 0:
+        if self._bridge and self.config.zmq_wait_subscriber_s > 0:
             wanted = self.config.zmq_subscribers
             joined = await self._unless_stopped(
-                wait_for_subscribers(self._io, self.config.zmq_wait_subscriber_s, wanted))
+                self._bridge.wait_for_subscribers(self.config.zmq_wait_subscriber_s, wanted))
             log.info("%d subscriber(s) %s", wanted, "joined" if joined else "did not join in time; publishing anyway")
 
     async def _open_sources(self) -> None:
@@ -191,25 +194,23 @@ class Pipeline:
             self._sources.append(await open_source(source_id, spec, options))
 
     def _bind_publisher(self) -> None:
-        if self.config.zmq_address:
-            self._publisher = bind_publisher(self.config.zmq_address, fallback=self.config.zmq_fallback,
-                                             mode=self.config.zmq_mode, curve=self.config.zmq_curve,
-                                             stream_ids=[source.source_id for source in self._sources])
-            self.zmq_address = self._publisher.bound_address
-            self._io = PublisherThread(self._publisher)  # from here on, the socket is the thread's alone
-            self._io.start()
-            # Status flows from here on, through model loading: a subscriber sees "connecting", not silence.
-            self._beacon = StatusBeacon(self._io, self.run_id, self.stream_status, self._clock,
-                                        max_age_ms=self.config.max_age_ms)
-            self._beacon_task = asyncio.create_task(self._beacon.run(), name="status")
+        config = self.config
+        if config.zmq_address:
+            self._bridge = BridgeSink.open(
+                config.zmq_address, fallback=config.zmq_fallback, mode=config.zmq_mode, curve=config.zmq_curve,
+                stream_ids=[source.source_id for source in self._sources], run_id=self.run_id,
+                status=self.stream_status, clock=self._clock, max_age_ms=config.max_age_ms)
+            self.zmq_address = self._bridge.address
+            self._sinks.append(self._bridge)
 
     async def _start_viewer(self) -> None:
         if self.config.viewer:
-            self._hub, self._viewer = await start_viewer(self.config.viewer, self.stream_status,
-                                                         segmenter=self.segment_image,
-                                                         security=self.config.viewer_security,
-                                                         ready=lambda: self._model_ready,
-                                                         fallback=self.config.viewer_fallback)
+            hub, server = await start_viewer(self.config.viewer, self.stream_status,
+                                             segmenter=self.segment_image, metrics=self.metrics.exposition,
+                                             security=self.config.viewer_security, ready=lambda: self._model_ready,
+                                             fallback=self.config.viewer_fallback)
+            self._viewer = ViewerSink(hub, server, self.telemetry.fps)
+            self._sinks.append(self._viewer)
             self.viewer_port = self._viewer.port
 
     async def segment_image(self, image: Any) -> Segmented:
@@ -259,12 +260,11 @@ class Pipeline:
                 self.ledger.drop(frame.source_id, DROP_CAUSE_ABORTED)
         while (item := self._results.get_nowait()) is not None:
             self.ledger.fail(item.frame, DROP_CAUSE_ABORTED)
-        if self._viewer:
-            await self._viewer.close()
-        if self._hub:
-            await self._hub.close()
-        if self._io:
-            await self._close_publisher(self._io)
+        # The viewer first (its clients are told at once), the bridge last: its end-of-stream
+        # messages follow every mask.
+        for sink in reversed(self._sinks):
+            with contextlib.suppress(Exception):
+                await sink.close(aborted=self._aborted)
         # A model still loading (stop during start-up) or a forced stop is not waited for.
         if self._backend is not None and not self._aborted:
             with contextlib.suppress(Exception):  # on its own thread: CUDA contexts are per thread
@@ -272,17 +272,6 @@ class Pipeline:
         self._infer_pool.shutdown(wait=self._model_ready and not self._aborted)
         self._post_pool.shutdown(wait=not self._aborted)
         self._decode_pool.shutdown(wait=not self._aborted)
-
-    async def _close_publisher(self, io: PublisherThread) -> None:
-        """End of stream for every stream after its last mask, then close; the linger lets both reach
-        subscribers that keep up (a dead one costs at most the linger), off the event loop."""
-        if self._beacon_task is not None:
-            self._beacon_task.cancel()
-            await asyncio.gather(self._beacon_task, return_exceptions=True)
-        if self._beacon is not None and not self._aborted:
-            await self._beacon.finish()
-        await self._in(self._post_pool, io.close, 0 if self._aborted else FLUSH_LINGER_MS)
-        self.ledger.zmq_hwm = io.publisher.dropped_hwm + io.dropped_queue
 
     # ------------------------------------------------------------------ status
 
@@ -326,8 +315,9 @@ class Pipeline:
         for sid, entry in status.items():
             for cause, count in entry["dropped"].items():
                 self.telemetry.drops[f"{sid}:{cause}"] += count
-        if self.ledger.zmq_hwm:
-            self.telemetry.drops["zmq:hwm"] += self.ledger.zmq_hwm
+        for sink in self._sinks:  # outputs' own drops (a slow subscriber, a full recorder queue)
+            for cause, count in sink.drops().items():
+                self.telemetry.drops[f"{sink.name}:{cause}"] += count
         return self.telemetry.summary(streams=status)
 
     # ------------------------------------------------------------------ stages
@@ -394,7 +384,7 @@ class Pipeline:
                 return
             void = self._void_masks.get(item.frame.source_id)
             # Without a publisher the mask is only scored and shown: skip compressing it.
-            encoding = self._encoding if self._publisher else None
+            encoding = self._encoding if self._bridge else None
             encoded = await self._in(self._post_pool, encode_result, item, encoding, void, self.config.mask_scale)
             await self._publish(encoded)
 
@@ -415,22 +405,15 @@ class Pipeline:
             max_age_ms=self.config.max_age_ms if source.live else None,
             run_id=self.run_id,
         )
-        if self._io:
-            await deliver(self._io, self.config.zmq_mode, encode(header, encoded.payload))
-            if encoded.road is not None:
-                await deliver(self._io, self.config.zmq_mode, road_parts(header, encoded.road), single_frame=False)
+        result = Result(frame, header, encoded)
+        for sink in self._sinks:
+            await sink.send(result)
         sent_ns = self._clock.now_ns()
         if self._gate is not None:  # what admission to a batch costs until publish, as measured
             self._gate.observe((sent_ns - item.batch_start_ns) / 1e6)
         for observer in self.observers:
             observer(frame, header, sent_ns)
         self.ledger.published(frame.source_id)
-        if self._hub:
-            self._hub.offer(frame.source_id, frame.image, item.mask, self._viewer_info(header))
-        self.telemetry.record(frame_record(encoded, header, sent_ns), sent_ns)
-
-    def _viewer_info(self, header: Any) -> dict[str, Any]:
-        return viewer_info(header, self.telemetry.fps())
 
     async def _stats_loop(self) -> None:
         while True:

@@ -43,7 +43,7 @@ async def test_lossless_delivers_every_frame_in_order_and_the_pipeline_waits_for
         seqs: list[int] = []
         try:
             # A subscriber that does not read at all yet: the pipeline fills the queues, then waits.
-            await wait_for(lambda: pipeline._publisher is not None and pipeline._publisher.refused > 0,
+            await wait_for(lambda: pipeline.publisher is not None and pipeline.publisher.refused > 0,
                            timeout_s=120, what="the publisher to find the queue full")
             for _ in range(40):  # kernel buffers still take a little; then it must stand still
                 published = pipeline.telemetry.frames
@@ -61,7 +61,7 @@ async def test_lossless_delivers_every_frame_in_order_and_the_pipeline_waits_for
             sub.close()
         summary = await task
     assert seqs == list(range(40))
-    assert pipeline._publisher is not None and pipeline._publisher.dropped_hwm == 0
+    assert pipeline.publisher is not None and pipeline.publisher.dropped_hwm == 0
     assert summary["frames"] == 40 and summary["dropped_total"] == 0
 
 

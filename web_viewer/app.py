@@ -40,6 +40,7 @@ MAX_CLIENT_MSG_BYTES = 4096
 # viewer will see late, so keep roughly two frames; Linux's autotuning would
 # allow megabytes, i.e. seconds of lag on a slow link.
 WS_SEND_BUFFER_BYTES = 256 * 1024
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text exposition format
 # Server shutdown waits this long for in-flight HTTP requests (viewers are closed first).
 SHUTDOWN_TIMEOUT_S = 2.0
 # No CDN and no inline code: the page may only talk to us; frames are drawn from blobs.
@@ -100,9 +101,11 @@ class ViewerServer:
     def __init__(self, hub: ViewerHub, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
-                 status: Callable[[], dict[str, Any]] | None = None, segmenter: Segmenter | None = None) -> None:
+                 status: Callable[[], dict[str, Any]] | None = None, segmenter: Segmenter | None = None,
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self.hub = hub
         self._status = status  # per-stream health and accounting, for /api/streams
+        self._metrics = metrics  # the Prometheus text exposition, for /metrics; None: 404
         # POST /api/segment and the /segment upload page (web_viewer.segment_api); None: 503, no model.
         self.segment_api = SegmentApi(segmenter, origin_allowed=_origin_allowed)
         self.host = host
@@ -191,6 +194,8 @@ class ViewerServer:
         app.router.add_get("/api/streams", self._streams)
         app.router.add_get("/healthz", self._healthz, name="healthz")
         app.router.add_get("/readyz", self._readyz, name="readyz")
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._metrics_page)
         self.segment_api.add_routes(app)
         # Open WebSocket handlers would otherwise hold shutdown for the whole timeout.
         app.on_shutdown.append(self._on_shutdown)
@@ -209,6 +214,11 @@ class ViewerServer:
         """Every stream's state (connecting, live, stalled, ...), reconnects, frame age and drops:
         what the page shows for a camera that sends no frames."""
         return web.json_response(self._status() if self._status else {})
+
+    async def _metrics_page(self, _request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        # Rendering reads a few hundred series: cheap enough for the loop at a scraper's pace.
+        return web.Response(body=self._metrics(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         stats = self.hub.stats

@@ -1,0 +1,81 @@
+"""The ZeroMQ bridge as a sink: the publisher on its own thread, the status beacon, and each
+result's mask (and drivable space) sent as ``--zmq-mode`` wants.
+
+It binds before the model loads (:meth:`BridgeSink.open`), so a taken port fails in well under a
+second and status messages flow from then on: a subscriber sees "connecting", not silence.
+At close, each stream's end of stream goes out after its last mask, then the socket lingers
+briefly so both reach subscribers that keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+
+from decision_bridge.curve import CurveServer
+from decision_bridge.io_thread import PublisherThread
+from decision_bridge.publisher import MaskPublisher
+from decision_bridge.schema import encode
+from stream.clock import Clock
+from stream.delivery import DeliveryMode, deliver, wait_for_subscribers
+from stream.liveness import Status, StatusBeacon
+from stream.outputs import bind_publisher
+from stream.sinks import Result, off_loop
+from stream.stages import road_parts
+
+# At shutdown the last masks and the end-of-stream messages still queued get this long to reach subscribers.
+FLUSH_LINGER_MS = 500
+DROP_CAUSE_HWM = "hwm"  # a subscriber's queue (or the publisher thread's) was full: that subscriber sees a gap
+
+
+class BridgeSink:
+    name = "zmq"
+
+    def __init__(self, io: PublisherThread, mode: DeliveryMode, beacon: StatusBeacon) -> None:
+        self._io = io
+        self._mode = mode
+        self._beacon = beacon
+        self._beacon_task = asyncio.create_task(beacon.run(), name="status")
+        self._closed = False
+
+    @classmethod
+    def open(cls, address: str, *, fallback: bool, mode: DeliveryMode, curve: CurveServer | None,
+             stream_ids: Iterable[str], run_id: str, status: Callable[[], Status], clock: Clock,
+             max_age_ms: float) -> BridgeSink:
+        """Bind (raises at once on a bad or taken address), start the publisher's thread and the
+        status beacon. Call on the event loop."""
+        publisher = bind_publisher(address, fallback=fallback, mode=mode, curve=curve, stream_ids=stream_ids)
+        io = PublisherThread(publisher)  # from here on, the socket is the thread's alone
+        io.start()
+        return cls(io, mode, StatusBeacon(io, run_id, status, clock, max_age_ms=max_age_ms))
+
+    @property
+    def publisher(self) -> MaskPublisher:
+        return self._io.publisher
+
+    @property
+    def address(self) -> str:
+        return str(self._io.publisher.bound_address)
+
+    async def wait_for_subscribers(self, timeout_s: float, count: int) -> bool:
+        return await wait_for_subscribers(self._io, timeout_s, count)
+
+    async def send(self, result: Result) -> None:
+        await deliver(self._io, self._mode, encode(result.header, result.encoded.payload))
+        if result.encoded.road is not None:
+            await deliver(self._io, self._mode, road_parts(result.header, result.encoded.road), single_frame=False)
+
+    def drops(self) -> Mapping[str, int]:
+        count = self._io.publisher.dropped_hwm + self._io.dropped_queue
+        return {DROP_CAUSE_HWM: count} if count else {}
+
+    async def close(self, *, aborted: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._beacon_task.cancel()
+        await asyncio.gather(self._beacon_task, return_exceptions=True)
+        if not aborted:
+            await self._beacon.finish()
+        # Off the loop: the linger can take its whole length when a subscriber is gone.
+        await off_loop("zmq-close", self._io.close, 0 if aborted else FLUSH_LINGER_MS)
