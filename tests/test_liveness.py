@@ -13,8 +13,6 @@ import sys
 import time
 from dataclasses import replace
 
-import cv2
-import numpy as np
 import pytest
 
 from decision_bridge.health import ALIVE_STATUS_PERIODS, StreamHealth
@@ -30,6 +28,7 @@ from models.backends.common import Precision
 from stream.config import PipelineConfig
 from tests.conftest import require_shared
 from tests.pipeline_helpers import LOOPBACK_ANY, running, subscribe
+from tests.source_helpers import image_folder
 
 MS = 1_000_000
 
@@ -130,17 +129,6 @@ def test_a_lost_frame_zero_is_a_gap_when_the_schema_says_it_is_known():
 # --- a real pipeline ----------------------------------------------------------------------------------------------
 
 
-def _folder(tmp_path, count: int, broken: tuple[int, ...] = ()):
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        path = tmp_path / f"f{i:02d}.png"
-        if i in broken:
-            path.write_bytes(b"not a png")
-        else:
-            cv2.imwrite(str(path), rng.integers(0, 255, (64, 128, 3), np.uint8))
-    return tmp_path
-
-
 async def _drain(sub: MaskSubscriber, until, timeout_s: float = 60.0) -> list:
     masks: list = []
     deadline = time.monotonic() + timeout_s
@@ -152,7 +140,7 @@ async def _drain(sub: MaskSubscriber, until, timeout_s: float = 60.0) -> list:
 
 
 async def test_replay_ends_with_eos_carrying_the_final_seq_after_the_last_mask(tmp_path):
-    folder = _folder(tmp_path, 8, broken=(3, 7))  # the last frame is lost too: only eos can say so
+    folder = image_folder(tmp_path, 8, broken=(3, 7))  # the last frame is lost too: only eos can say so
     config = PipelineConfig(sources=(f"cam={folder}",), model="demo", precision=Precision.FP32,
                             zmq_address=LOOPBACK_ANY, zmq_wait_subscriber_s=30.0, viewer=None, stats_interval_s=0)
     async with running(config) as (pipeline, task):
@@ -171,7 +159,7 @@ async def test_replay_ends_with_eos_carrying_the_final_seq_after_the_last_mask(t
 
 
 async def test_status_flows_before_the_first_frame_and_between_slow_frames(tmp_path):
-    folder = _folder(tmp_path, 8)  # 8 s at 1 frame/s: still running when checked, however late it started
+    folder = image_folder(tmp_path, 8)  # 8 s at 1 frame/s: still running when checked, however late it started
     config = PipelineConfig(sources=(f"cam={folder}",), model="demo", precision=Precision.FP32,
                             zmq_address=LOOPBACK_ANY, viewer=None, stats_interval_s=0, realtime=True,
                             replay_rate=1.0)

@@ -7,32 +7,20 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import cv2
-import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.backends.common import Precision
 from stream.config import PipelineConfig
 from stream.metrics import STAGES
 from tests.pipeline_helpers import running, wait_for
+from tests.source_helpers import image_folder
 from web_viewer.security import ViewerSecurity
 
 TOKEN = "metrics-test-token-0123456789"
 
 
-def _folder(tmp_path, count: int, broken: tuple[int, ...]):
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        path = tmp_path / f"f{i:02d}.png"
-        if i in broken:
-            path.write_bytes(b"not a png")
-        else:
-            cv2.imwrite(str(path), rng.integers(0, 255, (64, 128, 3), np.uint8))
-    return tmp_path
-
-
 async def test_metrics_count_every_frame_by_stage_drop_cause_state_and_iou(tmp_path, cityscapes_mini):
-    folder = _folder(tmp_path, 6, broken=(2,))
+    folder = image_folder(tmp_path, 6, broken=(2,))
     config = PipelineConfig(
         sources=(f"cam={folder}", f"gt=cityscapes:{cityscapes_mini}:val",
                  "slow=synthetic:seed=1,size=64x32,frames=100000"),  # keeps the run (and the viewer) up
