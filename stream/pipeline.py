@@ -34,14 +34,10 @@ from stream.frame import Frame
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
 from stream.metrics import PipelineMetrics
-from stream.outputs import start_viewer
 from stream.queues import DROP_CAUSE_QUEUE_FULL, BoundedQueue, DropPolicy, QueueClosed
-from stream.sinks import Result, Sink
+from stream.sinks import Result
 from stream.sinks.bridge import BridgeSink
-from stream.sinks.metrics import MetricsSink
-from stream.sinks.recorder import RecorderSink
-from stream.sinks.telemetry import TelemetrySink
-from stream.sinks.viewer import ViewerSink
+from stream.sinks.setup import Outputs, RunHooks, open_outputs
 from stream.sources import EndOfStream, FrameSource, SourceOptions, open_source, split_source_name
 from stream.sources.live import DROP_CAUSE_SUPERSEDED
 from stream.stages import Encoded, Inferred, encode_result, make_header, validity
@@ -85,11 +81,8 @@ class Pipeline:
         self._streams: dict[str, tuple[FrameSource, BoundedQueue[Frame]]] = {}  # by stream id
         self._results: BoundedQueue[Inferred] = BoundedQueue("results", config.result_depth, DropPolicy.BLOCK)
         self.run_id = secrets.token_hex(8)  # in every message: subscribers tell a restart from a gap
+        self._outputs = Outputs()  # the sinks every result goes to, opened before the model loads
         self._bridge: BridgeSink | None = None
-        self._viewer: ViewerSink | None = None
-        # Every result goes to each, in this order: the bridge first (bound before the model loads),
-        # telemetry, then the viewer and any other output.
-        self._sinks: list[Sink] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._stop_event = asyncio.Event()
@@ -153,15 +146,12 @@ class Pipeline:
 
     async def _start(self) -> None:
         await self._open_sources()
-        if self.config.record:  # a bad folder fails here, before anything binds or loads
-            self.config.record.check([source.source_id for source in self._sources])
-        self._bind_publisher()
-        self._sinks += [TelemetrySink(self.telemetry, self._clock), MetricsSink(self.metrics, self._clock)]
-        await self._start_viewer()
-        if self.config.record:
-            self._sinks.append(RecorderSink(self.config.record, {s.source_id: s.nominal_fps for s in self._sources},
-                                            {"run_id": self.run_id, "model": self.config.model,
-                                             "sources": {s.source_id: s.spec for s in self._sources}}))
+        hooks = RunHooks(self.run_id, self.stream_status, self._clock, self.telemetry, self.metrics,
+                         self.segment_image, lambda: self._model_ready)
+        self._outputs = await open_outputs(self.config, self._sources, hooks)
+        self._bridge, viewer = self._outputs.bridge, self._outputs.viewer
+        self.zmq_address = self._bridge.address if self._bridge else None
+        self.viewer_port = viewer.port if viewer else None
         if self._stop_requested:
             raise Stopped
         self._backend = await self._unless_stopped(self._in(self._infer_pool, self._backend_factory))
@@ -192,26 +182,6 @@ class Pipeline:
             raise PipelineError(f"--void-mask for unknown stream(s) {unknown}; streams: {ids}")
         for source_id, spec in named:
             self._sources.append(await open_source(source_id, spec, options))
-
-    def _bind_publisher(self) -> None:
-        config = self.config
-        if config.zmq_address:
-            self._bridge = BridgeSink.open(
-                config.zmq_address, fallback=config.zmq_fallback, mode=config.zmq_mode, curve=config.zmq_curve,
-                stream_ids=[source.source_id for source in self._sources], run_id=self.run_id,
-                status=self.stream_status, clock=self._clock, max_age_ms=config.max_age_ms)
-            self.zmq_address = self._bridge.address
-            self._sinks.append(self._bridge)
-
-    async def _start_viewer(self) -> None:
-        if self.config.viewer:
-            hub, server = await start_viewer(self.config.viewer, self.stream_status,
-                                             segmenter=self.segment_image, metrics=self.metrics.exposition,
-                                             security=self.config.viewer_security, ready=lambda: self._model_ready,
-                                             fallback=self.config.viewer_fallback)
-            self._viewer = ViewerSink(hub, server, self.telemetry.fps)
-            self._sinks.append(self._viewer)
-            self.viewer_port = self._viewer.port
 
     async def segment_image(self, image: Any) -> Segmented:
         """One uploaded HxWx3 RGB image through the model, on its own inference thread between batches
@@ -260,11 +230,7 @@ class Pipeline:
                 self.ledger.drop(frame.source_id, DROP_CAUSE_ABORTED)
         while (item := self._results.get_nowait()) is not None:
             self.ledger.fail(item.frame, DROP_CAUSE_ABORTED)
-        # The viewer first (its clients are told at once), the bridge last: its end-of-stream
-        # messages follow every mask.
-        for sink in reversed(self._sinks):
-            with contextlib.suppress(Exception):
-                await sink.close(aborted=self._aborted)
+        await self._outputs.close(aborted=self._aborted)
         # A model still loading (stop during start-up) or a forced stop is not waited for.
         if self._backend is not None and not self._aborted:
             with contextlib.suppress(Exception):  # on its own thread: CUDA contexts are per thread
@@ -315,7 +281,7 @@ class Pipeline:
         for sid, entry in status.items():
             for cause, count in entry["dropped"].items():
                 self.telemetry.drops[f"{sid}:{cause}"] += count
-        for sink in self._sinks:  # outputs' own drops (a slow subscriber, a full recorder queue)
+        for sink in self._outputs.sinks:  # outputs' own drops (a slow subscriber, a full recorder queue)
             for cause, count in sink.drops().items():
                 self.telemetry.drops[f"{sink.name}:{cause}"] += count
         return self.telemetry.summary(streams=status)
@@ -406,7 +372,7 @@ class Pipeline:
             run_id=self.run_id,
         )
         result = Result(frame, header, encoded)
-        for sink in self._sinks:
+        for sink in self._outputs.sinks:
             await sink.send(result)
         sent_ns = self._clock.now_ns()
         if self._gate is not None:  # what admission to a batch costs until publish, as measured

@@ -19,8 +19,9 @@ from models.backends.common import Precision
 from models.classes import CLASS_NAMES
 from stream.batcher import BatchConfig
 from stream.config import PipelineConfig
+from stream.pipeline import Pipeline
 from stream.sources.files import ImageListSource
-from tests.pipeline_helpers import LOOPBACK_ANY, receive, running, subscribe, wait_for
+from tests.pipeline_helpers import LOOPBACK_ANY, receive, running, subscribe, torch_factory, wait_for
 
 # Cityscapes labelId ranges per category, written out independently of models.classes.
 CATEGORY_OF_LABEL = {7: 1, 8: 1, 11: 2, 12: 2, 13: 2, 17: 3, 19: 3, 20: 3, 21: 4, 22: 4, 23: 5, 24: 6, 25: 6,
@@ -204,3 +205,25 @@ async def test_void_mask_for_unknown_stream_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown stream"):
         async with running(cfg) as (_, task):
             await asyncio.wait_for(task, 60)
+
+
+async def test_a_taken_viewer_port_fails_the_start_and_closes_the_bound_publisher():
+    """Outputs open in order (bridge, then viewer): when the viewer cannot bind, the bridge that did
+    is closed again, its thread and socket included, before the error reaches the user."""
+    import socket
+
+    from web_viewer.app import ViewerError
+
+    threads_before = set(threading.enumerate())
+    sockets_before = _socket_fds()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(sources=("synthetic:frames=3",), zmq_wait_subscriber_s=0, viewer=("127.0.0.1", port))
+        pipeline = Pipeline(cfg, torch_factory(cfg))
+        with pytest.raises(ViewerError, match="already in use"):
+            await asyncio.wait_for(pipeline.run(), 30)
+        await asyncio.sleep(0.05)
+        assert not [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+        assert _socket_fds() <= sockets_before + 1  # the test's own listening socket
