@@ -77,12 +77,14 @@ from models.datasets.synthetic_world import (
     WINDOW_SILL_M,
     Z_FAR_M,
     Z_NEAR_M,
+    DriveCamera,
     _Key,
     _Painter,
     _Rand,
     _scaled,
     _spots,
     _Style,
+    frame_camera,
 )
 
 
@@ -329,6 +331,10 @@ class SyntheticDrive:
         _paint_street(p)
         _paint_bonnet(p)
         return (self._expose(p.image, int(index), p.t) if noise else p.image), p.truth
+
+    def camera(self, index: int) -> DriveCamera:
+        """The camera of frame ``index`` (its horizon moves with the pitch wobble) and the road's layout."""
+        return frame_camera(_Painter(self._style, self.width, self.height, index / self._fps))
 
     def _expose(self, image: np.ndarray, index: int, t: float) -> np.ndarray:
         rng = np.random.default_rng((self.seed, index))

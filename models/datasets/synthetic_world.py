@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 
 import cv2
@@ -204,6 +205,32 @@ class _Painter:
         centre, radius = self.uv(x, y, z), round(self.f * radius_m / z)
         cv2.circle(self.image, centre, radius, colour, -1, cv2.LINE_8)
         cv2.circle(self.truth, centre, radius, int(category), -1, cv2.LINE_8)
+
+
+@dataclass(frozen=True)
+class DriveCamera:
+    """The camera that drew one frame, as calibration would describe it (OpenCV pixel convention:
+    pixel centres at integers), and where the road surface's materials lie. The drive's pitch wobble
+    moves the horizon row (``cy``) rather than rotating the camera: the camera is level."""
+
+    f: float  # focal length in pixels, fx = fy
+    cx: float
+    cy: float  # the horizon row of this frame
+    height_m: float
+    curve_per_m: float  # the road bends by curve * x^2 / 2 to the left at distance x
+
+    def K(self) -> np.ndarray:
+        return np.array([[self.f, 0.0, self.cx], [0.0, self.f, self.cy], [0.0, 0.0, 1.0]])
+
+    def ground_category(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The category the drive paints the road surface with at vehicle-frame ground points (x forward,
+        y left, metres, the camera above the origin): flat (road, markings, curbs, sidewalks) or nature."""
+        lateral = -np.asarray(y, np.float64) + 0.5 * self.curve_per_m * np.asarray(x, np.float64) ** 2
+        return _MAT_CATEGORY[np.array(_BAND_MAT, np.uint8)[np.searchsorted(_BAND_EDGES, lateral, side="right")]]
+
+
+def frame_camera(p: _Painter) -> DriveCamera:
+    return DriveCamera(p.f, p.cx - 0.5, p.horizon - 0.5, CAM_HEIGHT_M, p.curve)
 
 
 def _spots(p: _Painter, key: _Key, cell_m: float, density: float, speed: float, z_max: float
