@@ -28,8 +28,9 @@ SUBSCRIBER_POLL_S = 0.005
 # Bound the work one send() may spend discarding subscription messages, so a burst of
 # (un)subscriptions can never stall the publish path; the rest are read on the next call.
 MAX_SUBSCRIPTIONS_PER_DRAIN = 64
-# Every topic a publisher sends starts with one of these (masks, their single-frame form, status, eos).
-TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/", b"road/")
+# Every topic a publisher sends starts with one of these (masks, their single-frame form, status, eos, drivable
+# space, bird's-eye grids, camera files).
+TOPIC_KINDS = (TOPIC_PREFIX, LATEST_PREFIX, b"status/", b"eos/", b"road/", b"bev/", b"camera/")
 MAX_STREAM_ID_BYTES = 255
 # Room beyond the longest topic for what else the limit meets: a subscription's framing (ZMTP 3.1
 # "\x09SUBSCRIBE" + prefix, older peers \x01 + prefix) and the handshake's READY command with its

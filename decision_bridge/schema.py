@@ -111,6 +111,7 @@ class MaskHeader:
     media_ns: int | None = None  # the source's own timestamp of the frame (media position, RTSP pts)
     frame_height: int | None = None  # the frame's size when the mask is smaller (--mask-scale); None: same
     frame_width: int | None = None
+    camera_hash: str | None = None  # the stream's camera file ("sha256:..."); None: the stream has none
 
     @property
     def latency_ms(self) -> float:
@@ -198,6 +199,7 @@ def header_to_json(header: MaskHeader) -> dict[str, Any]:
         "media_ns": header.media_ns,
         "frame_height": header.frame_height,
         "frame_width": header.frame_width,
+        "camera_hash": header.camera_hash,
     }
 
 
@@ -262,6 +264,7 @@ def header_from_json(obj: Mapping[str, Any]) -> MaskHeader:
         media_ns=_take_optional(obj, "media_ns", int, None),
         frame_height=_take_optional(obj, "frame_height", int, None),
         frame_width=_take_optional(obj, "frame_width", int, None),
+        camera_hash=_take_optional(obj, "camera_hash", str, None),
     )
     _check_header(header)
     return header

@@ -20,6 +20,8 @@ from typing import Self
 import numpy as np
 import zmq
 
+from decision_bridge.bev import BEV_PREFIX, BevMessage, bev_topic, decode_bev
+from decision_bridge.camera_info import CAMERA_PREFIX, CameraInfo, camera_topic, decode_camera_info
 from decision_bridge.curve import CurveClient
 from decision_bridge.health import NS_PER_S, StreamHealth, StreamStatus
 from decision_bridge.liveness import (
@@ -90,6 +92,8 @@ class MaskSubscriber:
         self._state: dict[str, StreamHealth] = {}
         self.reports = 0  # status and end-of-stream messages received
         self._roads: dict[str, RoadMessage] = {}  # the newest drivable space per stream
+        self._bevs: dict[str, BevMessage] = {}  # the newest bird's-eye grid per stream
+        self._cameras: dict[str, CameraInfo] = {}  # the newest camera file per stream
         self._closed = False
 
     def connect(self) -> None:
@@ -117,10 +121,10 @@ class MaskSubscriber:
     def _topics(self) -> list[bytes]:
         """Masks, status and end of stream: of every stream, or of each one asked for."""
         if self.streams is None:
-            return [TOPIC_PREFIX, STATUS_PREFIX, EOS_PREFIX, ROAD_PREFIX]
+            return [TOPIC_PREFIX, STATUS_PREFIX, EOS_PREFIX, ROAD_PREFIX, BEV_PREFIX, CAMERA_PREFIX]
         return [topic(s) for s in sorted(self.streams)
                 for topic in (topic_for, lambda sid: stream_topic(StreamEvent.STATUS, sid),
-                              lambda sid: stream_topic(StreamEvent.EOS, sid), road_topic)]
+                              lambda sid: stream_topic(StreamEvent.EOS, sid), road_topic, bev_topic, camera_topic)]
 
     def close(self) -> None:
         """Close the socket (linger 0). Safe to call twice."""
@@ -175,6 +179,16 @@ class MaskSubscriber:
                 if self.streams is None or road.header.stream_id in self.streams:
                     self._roads[road.header.stream_id] = road
                 return None
+            if parts and bytes(parts[0]).startswith(BEV_PREFIX):
+                bev = decode_bev(parts)
+                if self.streams is None or bev.header.stream_id in self.streams:
+                    self._bevs[bev.header.stream_id] = bev
+                return None
+            if parts and bytes(parts[0]).startswith(CAMERA_PREFIX):
+                camera = decode_camera_info(parts)
+                if self.streams is None or camera.header.stream_id in self.streams:
+                    self._cameras[camera.header.stream_id] = camera
+                return None
             message = decode(parts)
         except SchemaError as exc:
             self.rejected += 1
@@ -228,6 +242,16 @@ class MaskSubscriber:
         """The newest drivable space of ``stream_id`` received (its ``seq`` matches that frame's mask);
         None when the publisher's model or backend has no road layer."""
         return self._roads.get(stream_id)
+
+    def bev(self, stream_id: str) -> BevMessage | None:
+        """The newest bird's-eye grid of ``stream_id`` received (SCHEMA.md 15; its ``seq`` matches that frame's
+        mask); None for streams without a camera file with a ground plane."""
+        return self._bevs.get(stream_id)
+
+    def camera(self, stream_id: str) -> CameraInfo | None:
+        """The newest camera file of ``stream_id`` (sent once a second), already checked against its hash:
+        the one a mask names when ``mask.header.camera_hash == camera.header.camera_hash``."""
+        return self._cameras.get(stream_id)
 
     def newest(self, timeout_s: float = 0.0) -> dict[str, MaskMessage]:
         """Latest-only use (a control loop): drain everything queued and keep each stream's newest

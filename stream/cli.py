@@ -34,6 +34,8 @@ EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 # Only the module of the subcommand being run is imported (models.training.train alone pulls in torch,
 # timm and segmentation-models-pytorch: seconds), so `roadseg --help` and `roadseg run` start fast.
 PLUGIN_SUBCOMMANDS = {
+    "calibrate": ("calibration.cli", "calibrate a camera: intrinsics from board images, the ground plane (camera "
+                                     "files for --camera)"),
     "models": ("models.store.zoo_cli", "list, download and inspect models"),
     "eval": ("models.evaluation.evaluate", "score a model on Cityscapes ground truth (IoU, Dice, confusion)"),
     "train": ("models.training.train", "train or fine-tune a model (Cityscapes or synthetic)"),
@@ -150,6 +152,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     run.add_argument("--void-mask", action="append", default=[], metavar="STREAM=PNG",
                      help="static void region of one camera (non-zero pixels), e.g. the bonnet")
+    run.add_argument("--camera", action="append", default=[], metavar="STREAM=FILE",
+                     help="camera file of one stream (roadseg calibrate): its frames are undistorted before "
+                          "inference; with a ground plane a bird's-eye grid is published (bev/STREAM) and shown")
+    run.add_argument("--bev-grid", metavar="AHEADxWIDTH[@CELL]",
+                     help="bird's-eye grid in metres, from the vehicle origin ahead, centred (default 40x20@0.1)")
     _add_common(run)
     demo = sub.add_parser("demo", help="the built-in demo: synthetic drive, demo model, viewer on")
     demo.add_argument("--frames", type=int, default=DEMO_FRAMES,
@@ -213,7 +220,18 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         frames = f",frames={args.frames}" if args.frames > 0 else ""
         return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **common)
     return PipelineConfig(sources=tuple(args.source), model=args.model, input_size=args.size,
-                          max_frames=args.max_frames, void_masks=tuple(args.void_mask), **common)
+                          max_frames=args.max_frames, void_masks=tuple(args.void_mask), **_geometry(args), **common)
+
+
+def _geometry(args: argparse.Namespace) -> dict[str, Any]:
+    """--camera files loaded and checked now (a CameraFileError names the file and field), --bev-grid parsed."""
+    if not args.camera and args.bev_grid is None:
+        return {}
+    from calibration.bev import parse_grid
+    from stream.geometry import parse_camera_specs
+
+    return {"cameras": parse_camera_specs(args.camera),
+            "bev_grid": None if args.bev_grid is None else parse_grid(args.bev_grid)}
 
 
 def _viewer_security(args: argparse.Namespace) -> Any:

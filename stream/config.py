@@ -15,6 +15,8 @@ from stream.sources.limits import FrameLimits
 from stream.sources.live import LiveOptions
 
 if TYPE_CHECKING:  # the viewer (aiohttp) is imported only by a run that serves it
+    from calibration.bev import BevGrid
+    from stream.geometry import StreamCamera
     from stream.sinks.recorder import RecordConfig
     from web_viewer.security import ViewerSecurity
 
@@ -68,6 +70,10 @@ class PipelineConfig:
     decode_threads: int = 0  # shared decode pool; 0: one per CPU core
     void_masks: tuple[str, ...] = ()  # STREAM=PATH: static per-camera void regions (bonnet, border)
     record: RecordConfig | None = None  # --record DIR: annotated video, masks and telemetry per stream
+    # --camera STREAM=FILE: camera files, loaded and checked (stream.geometry.parse_camera_specs); their
+    # streams are undistorted, and with a ground plane get a bird's-eye grid of this size (None: 40x20@0.1).
+    cameras: tuple[StreamCamera, ...] = ()
+    bev_grid: BevGrid | None = None
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -31,6 +31,7 @@ from stream.clock import MONOTONIC, Clock
 from stream.config import PipelineConfig
 from stream.daemon_executor import DaemonThreadExecutor
 from stream.frame import Frame
+from stream.geometry import StreamGeometry, frame_size_of
 from stream.health import StreamState
 from stream.inference import DROP_CAUSE_INFERENCE, IsolatedInference, StalenessGate
 from stream.metrics import PipelineMetrics
@@ -71,6 +72,7 @@ class Pipeline:
         self._clock = clock
         self._encoding = Encoding(config.mask_encoding)
         self._void_masks = parse_void_masks(config.void_masks)
+        self._geometry = StreamGeometry(config.cameras, config.bev_grid, self._void_masks, config.device)
         self._infer_pool = DaemonThreadExecutor("infer")
         self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
         self._decode_pool = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1,
@@ -147,7 +149,7 @@ class Pipeline:
     async def _start(self) -> None:
         await self._open_sources()
         hooks = RunHooks(self.run_id, self.stream_status, self._clock, self.telemetry, self.metrics,
-                         self.segment_image, lambda: self._model_ready)
+                         self.segment_image, lambda: self._model_ready, self._geometry)
         self._outputs = await open_outputs(self.config, self._sources, hooks)
         self._bridge, viewer = self._outputs.bridge, self._outputs.viewer
         self.zmq_address = self._bridge.address if self._bridge else None
@@ -180,8 +182,11 @@ class Pipeline:
         unknown = sorted(set(self._void_masks) - set(ids))
         if unknown:
             raise PipelineError(f"--void-mask for unknown stream(s) {unknown}; streams: {ids}")
+        self._geometry.check_streams(ids)  # --camera: a known stream; undistorted on its decode thread
         for source_id, spec in named:
-            self._sources.append(await open_source(source_id, spec, options))
+            self._sources.append(await open_source(source_id, spec, self._geometry.source_options(source_id, spec,
+                                                                                                    options)))
+            self._geometry.check_source(source_id, frame_size_of(self._sources[-1]))
 
     async def segment_image(self, image: Any) -> Segmented:
         """One uploaded HxWx3 RGB image through the model, on its own inference thread between batches
@@ -351,7 +356,8 @@ class Pipeline:
             void = self._void_masks.get(item.frame.source_id)
             # Without a publisher the mask is only scored and shown: skip compressing it.
             encoding = self._encoding if self._bridge else None
-            encoded = await self._in(self._post_pool, encode_result, item, encoding, void, self.config.mask_scale)
+            encoded = await self._in(self._post_pool, encode_result, item, encoding, void, self.config.mask_scale,
+                                     self._geometry.for_stream(item.frame.source_id))
             await self._publish(encoded)
 
     async def _publish(self, encoded: Encoded) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from stream.frame import Frame
 from stream.health import StreamHealth
 from stream.telemetry import FrameRecord
 from stream.void_mask import VoidMask
+
+if TYPE_CHECKING:  # the camera geometry (calibration) of streams started with --camera
+    from stream.geometry import BevOut, StreamCalibration
 
 NS_PER_MS = 1e6
 INVALID_NONFINITE = "nonfinite_logits"
@@ -55,13 +58,16 @@ class Encoded:
     confusion: np.ndarray | None
     shape: tuple[int, int] = (0, 0)  # of the published mask (the frame's, or smaller with --mask-scale)
     road: RoadOut | None = None
+    bev: BevOut | None = None  # the bird's-eye grids, for streams with a camera file that has a ground plane
+    camera_hash: str | None = None  # the stream's camera file, named in the mask header
 
 
 def encode_result(item: Inferred, encoding: Encoding | None, void: VoidMask | None = None,
-                  scale: int = 1) -> Encoded:
+                  scale: int = 1, calibration: StreamCalibration | None = None) -> Encoded:
     """Blocking (runs on the post-processing thread): static void, IoU counts (at full size), and
     what will be published (``encoding`` None: nothing is sent, nothing encoded): the mask, every
-    ``scale``-th pixel, and the drivable space when the backend gave a road layer."""
+    ``scale``-th pixel, and the drivable space when the backend gave a road layer; with a camera
+    (``calibration``) the bird's-eye grids of the full-size mask and road layer."""
     if void is not None:
         void.apply(item.mask)
     truth = item.frame.truth
@@ -71,7 +77,9 @@ def encode_result(item: Inferred, encoding: Encoding | None, void: VoidMask | No
     road = None
     if item.road is not None and encoding is not None:
         road = road_output(item.mask, item.road, scale)
-    return Encoded(item, payload, confusion, (published.shape[0], published.shape[1]), road)
+    bev = calibration.project(item.mask, item.road) if calibration is not None else None
+    return Encoded(item, payload, confusion, (published.shape[0], published.shape[1]), road, bev,
+                   calibration.camera_hash if calibration is not None else None)
 
 
 def downscale(layer: np.ndarray, scale: int) -> np.ndarray:
@@ -155,6 +163,7 @@ def make_header(
         media_ns=frame.media_ns,
         stream_state=health.state.value if health else "live",
         reconnects=health.reconnects if health else 0,
+        camera_hash=encoded.camera_hash,
     )
 
 

@@ -54,7 +54,7 @@ def test_a_file_missing_fields_is_refused_naming_file_and_field(tmp_path, change
     obj = _camera().to_json()
     change(obj)
     path.write_text(json.dumps(obj))
-    with pytest.raises(CameraFileError, match="camera file .*cam.json: ") as info:
+    with pytest.raises(CameraFileError, match=r"camera file .*cam\.json: ") as info:
         load_camera(path)
     assert message in str(info.value)
 
@@ -63,7 +63,7 @@ def test_not_json_or_missing(tmp_path):
     with pytest.raises(CameraFileError, match="no such file"):
         load_camera(tmp_path / "none.json")
     (tmp_path / "bad.json").write_text('{"K": NaN}')
-    with pytest.raises(CameraFileError, match="bad.json: not valid JSON"):
+    with pytest.raises(CameraFileError, match=r"bad\.json: not valid JSON"):
         load_camera(tmp_path / "bad.json")
 
 

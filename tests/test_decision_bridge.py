@@ -358,7 +358,8 @@ async def test_wait_for_subscriber_true_once_subscriber_connects(publisher: Mask
         assert await publisher.wait_for_subscriber(JOIN_TIMEOUT_S)
         assert await publisher.wait_for_subscriber(JOIN_TIMEOUT_S, "cam0")
         assert not await publisher.wait_for_subscriber(0.05, "cam1")
-        assert publisher.subscriptions == {b"mask/cam0": 1, b"status/cam0": 1, b"eos/cam0": 1, b"road/cam0": 1}
+        assert publisher.subscriptions == {b"mask/cam0": 1, b"status/cam0": 1, b"eos/cam0": 1, b"road/cam0": 1,
+                                           b"bev/cam0": 1, b"camera/cam0": 1}
         other = MaskSubscriber(publisher.bound_address, ["cam0"])
         other.connect()
         assert await publisher.wait_for_subscriber(JOIN_TIMEOUT_S, "cam0", count=2)

@@ -1,5 +1,6 @@
 """The ZeroMQ bridge as a sink: the publisher on its own thread, the status beacon, and each
-result's mask (and drivable space) sent as ``--zmq-mode`` wants.
+result's mask (and drivable space, and bird's-eye grid) sent as ``--zmq-mode`` wants; the camera
+files of streams started with ``--camera`` go out once a second (``camera/<stream>``).
 
 It binds before the model loads (:meth:`BridgeSink.open`), so a taken port fails in well under a
 second and status messages flow from then on: a subscriber sees "connecting", not silence.
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 
+from decision_bridge.camera_info import CAMERA_PERIOD_MS, CameraInfoHeader, camera_hash, encode_camera_info
 from decision_bridge.curve import CurveServer
 from decision_bridge.io_thread import PublisherThread
 from decision_bridge.publisher import MaskPublisher
 from decision_bridge.schema import encode
 from stream.clock import Clock
 from stream.delivery import DeliveryMode, deliver, wait_for_subscribers
+from stream.geometry import bev_parts
 from stream.liveness import Status, StatusBeacon
 from stream.outputs import bind_publisher
 from stream.sinks import Result, off_loop
@@ -31,23 +34,27 @@ DROP_CAUSE_HWM = "hwm"  # a subscriber's queue (or the publisher thread's) was f
 class BridgeSink:
     name = "zmq"
 
-    def __init__(self, io: PublisherThread, mode: DeliveryMode, beacon: StatusBeacon) -> None:
+    def __init__(self, io: PublisherThread, mode: DeliveryMode, beacon: StatusBeacon,
+                 cameras: Mapping[str, bytes] | None = None, run_id: str = "", clock: Clock | None = None) -> None:
         self._io = io
         self._mode = mode
         self._beacon = beacon
         self._beacon_task = asyncio.create_task(beacon.run(), name="status")
+        self._camera_task = asyncio.create_task(self._send_cameras(cameras, run_id, clock), name="cameras") \
+            if cameras and clock is not None else None
         self._closed = False
 
     @classmethod
     def open(cls, address: str, *, fallback: bool, mode: DeliveryMode, curve: CurveServer | None,
              stream_ids: Iterable[str], run_id: str, status: Callable[[], Status], clock: Clock,
-             max_age_ms: float) -> BridgeSink:
-        """Bind (raises at once on a bad or taken address), start the publisher's thread and the
-        status beacon. Call on the event loop."""
+             max_age_ms: float, cameras: Mapping[str, bytes] | None = None) -> BridgeSink:
+        """Bind (raises at once on a bad or taken address), start the publisher's thread, the
+        status beacon and the camera files' (``cameras``: stream -> canonical camera JSON). Call on
+        the event loop."""
         publisher = bind_publisher(address, fallback=fallback, mode=mode, curve=curve, stream_ids=stream_ids)
         io = PublisherThread(publisher)  # from here on, the socket is the thread's alone
         io.start()
-        return cls(io, mode, StatusBeacon(io, run_id, status, clock, max_age_ms=max_age_ms))
+        return cls(io, mode, StatusBeacon(io, run_id, status, clock, max_age_ms=max_age_ms), cameras, run_id, clock)
 
     @property
     def publisher(self) -> MaskPublisher:
@@ -64,6 +71,18 @@ class BridgeSink:
         await deliver(self._io, self._mode, encode(result.header, result.encoded.payload))
         if result.encoded.road is not None:
             await deliver(self._io, self._mode, road_parts(result.header, result.encoded.road), single_frame=False)
+        if result.encoded.bev is not None:
+            await deliver(self._io, self._mode, bev_parts(result.header, result.encoded.bev), single_frame=False)
+
+    async def _send_cameras(self, cameras: Mapping[str, bytes], run_id: str, clock: Clock) -> None:
+        """Until closed: each stream's camera file, every CAMERA_PERIOD_MS (a refused one goes next time)."""
+        hashes = {stream_id: camera_hash(body) for stream_id, body in cameras.items()}
+        while True:
+            for stream_id, body in cameras.items():
+                header = CameraInfoHeader(stream_id, run_id, hashes[stream_id], CAMERA_PERIOD_MS, clock.now_ns(),
+                                          clock.wall_ns())
+                self._io.send(encode_camera_info(header, body), count_drop=False)
+            await asyncio.sleep(CAMERA_PERIOD_MS / 1e3)
 
     def drops(self) -> Mapping[str, int]:
         count = self._io.publisher.dropped_hwm + self._io.dropped_queue
@@ -73,8 +92,10 @@ class BridgeSink:
         if self._closed:
             return
         self._closed = True
-        self._beacon_task.cancel()
-        await asyncio.gather(self._beacon_task, return_exceptions=True)
+        tasks = [t for t in (self._beacon_task, self._camera_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if not aborted:
             await self._beacon.finish()
         # Off the loop: the linger can take its whole length when a subscriber is gone.

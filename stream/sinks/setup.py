@@ -11,6 +11,7 @@ from typing import Any
 
 from stream.clock import Clock
 from stream.config import PipelineConfig
+from stream.geometry import StreamGeometry
 from stream.metrics import PipelineMetrics
 from stream.outputs import start_viewer
 from stream.sinks import Sink
@@ -35,6 +36,7 @@ class RunHooks:
     metrics: PipelineMetrics
     segmenter: Segmenter  # the viewer's POST /api/segment, on the model's thread
     ready: Callable[[], bool]  # the model is loaded (/readyz)
+    geometry: StreamGeometry | None = None  # --camera: camera files for the bridge, bird's-eye grids for the viewer
 
 
 @dataclass
@@ -61,7 +63,7 @@ async def open_outputs(config: PipelineConfig, sources: Sequence[FrameSource], h
             outputs.bridge = BridgeSink.open(
                 config.zmq_address, fallback=config.zmq_fallback, mode=config.zmq_mode, curve=config.zmq_curve,
                 stream_ids=ids, run_id=hooks.run_id, status=hooks.status, clock=hooks.clock,
-                max_age_ms=config.max_age_ms)
+                max_age_ms=config.max_age_ms, cameras=hooks.geometry.camera_files() if hooks.geometry else None)
             outputs.sinks.append(outputs.bridge)
         outputs.sinks += [TelemetrySink(hooks.telemetry, hooks.clock), MetricsSink(hooks.metrics, hooks.clock)]
         if config.viewer:

@@ -27,6 +27,11 @@ class SyntheticSource(ThreadedReplaySource):
                          clock=clock, executor=executor, **kwargs)
         self._frames, self._index = frames, 0
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of every frame, known before the first is drawn."""
+        return self._drive.width, self._drive.height
+
     def _skip(self, count: int) -> int:
         # Frames are rendered from their index alone, so skipping costs nothing.
         skipped = count if self._frames is None else max(0, min(count, self._frames - self._index))
