@@ -38,6 +38,7 @@ PLUGIN_SUBCOMMANDS = {
                                      "files for --camera)"),
     "models": ("models.store.zoo_cli", "list, download and inspect models"),
     "eval": ("models.evaluation.evaluate", "score a model on Cityscapes ground truth (IoU, Dice, confusion)"),
+    "fleet": ("models.evaluation.fleet.cli", "evaluate a model over many recorded drives on a Ray cluster"),
     "train": ("models.training.train", "train or fine-tune a model (Cityscapes or synthetic)"),
     "export": ("models.export.onnx_export", "export a model to ONNX or build a TensorRT engine"),
     "bridge": ("decision_bridge.cli", "watch the ZeroMQ masks as a planner would (echo)"),

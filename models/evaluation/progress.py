@@ -30,6 +30,7 @@ class LineProgress:
 
     def update(self, count: int) -> None:
         self.done += count
+        self.total = max(self.total, self.done)  # a total that was an estimate (a video's declared length)
         now = self._clock()
         if self._last_line is None or now - self._last_line >= self._interval_s or self.done >= self.total:
             self._write(now)
@@ -58,15 +59,16 @@ def _duration(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def progress(total: int, enabled: bool, stream: TextIO | None = None) -> Iterator[Any]:
+def progress(total: int, enabled: bool, stream: TextIO | None = None, *, label: str = "eval") -> Iterator[Any]:
     """An object with ``update(n)``, or None when ``enabled`` is false: a tqdm bar when
-    ``stream`` (default stderr) is a terminal and tqdm is installed, else a :class:`LineProgress`."""
+    ``stream`` (default stderr) is a terminal and tqdm is installed, else a :class:`LineProgress`;
+    both named ``label``."""
     stream = stream or sys.stderr
     reporter: Any = None
     if enabled:
-        reporter = _tqdm_bar(total, stream) if _is_terminal(stream) else None
+        reporter = _tqdm_bar(total, stream, label) if _is_terminal(stream) else None
         if reporter is None:
-            reporter = LineProgress(total, stream)
+            reporter = LineProgress(total, stream, label=label)
     try:
         yield reporter
     finally:
@@ -82,9 +84,9 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _tqdm_bar(total: int, stream: TextIO) -> Any:
+def _tqdm_bar(total: int, stream: TextIO, label: str = "eval") -> Any:
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is a nicety: fall back to lines
         return None
-    return tqdm(total=total, desc="eval", unit="img", file=stream, dynamic_ncols=True)
+    return tqdm(total=total, desc=label, unit="img", file=stream, dynamic_ncols=True)
