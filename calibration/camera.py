@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -150,7 +151,10 @@ class CameraModel:
 
     def save(self, path: Path) -> None:
         """Write atomically (a reader never sees half a file), pretty-printed."""
-        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False)
+        # Arrays of numbers (matrix rows, coefficients, sizes, points) on one line each.
+        text = re.sub(r"\[\s+([-+\d.eE,\s]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+        text += "\n"
         with atomic_path(Path(path)) as temporary:
             temporary.write_text(text, encoding="utf-8")
 

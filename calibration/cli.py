@@ -136,7 +136,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"hash: {camera.hash}")
     if args.size:
         width, height = args.size
-        camera.check_size(width, height, f"a {width}x{height} stream")
+        camera.check_size(width, height, "the stream")
         print(f"fits {width}x{height} frames")
     return 0
 

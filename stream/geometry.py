@@ -188,6 +188,10 @@ class StreamGeometry:
         """Stream -> its camera file in canonical JSON (what ``camera/<stream>`` carries)."""
         return {sid: camera.canonical_json() for sid, camera in self._cameras.items()}
 
+    def bev_streams(self) -> list[str]:
+        """The streams with a bird's-eye grid so far (the viewer's GET /api/bev)."""
+        return sorted(sid for sid, calibration in self._calibrations.items() if calibration.latest is not None)
+
     def bev_png(self, stream_id: str) -> bytes | None:
         """The stream's newest grid as a colour PNG (forward up), None before the first (or without one)."""
         calibration = self._calibrations.get(stream_id)

@@ -16,6 +16,7 @@ from decision_bridge.curve import CurveServer
 from decision_bridge.publisher import MaskPublisher, PublisherError
 from stream.delivery import DeliveryMode, publisher_for
 from web_viewer.app import ViewerError, ViewerServer
+from web_viewer.bev_api import BevSource
 from web_viewer.hub import ViewerHub
 from web_viewer.security import ViewerSecurity
 from web_viewer.segmentation import Segmenter
@@ -64,13 +65,14 @@ def is_local(endpoint: str) -> bool:
 async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any]], *,
                        security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
                        fallback: bool, segmenter: Segmenter | None = None,
+                       bev: BevSource | None = None,
                        metrics: Callable[[], bytes] | None = None) -> tuple[ViewerHub, ViewerServer]:
     """``segmenter``: runs uploaded images through the model (the viewer's POST /api/segment);
     ``metrics``: the Prometheus exposition (``/metrics``)."""
     host, port = bind
     hub = ViewerHub()
     hub.start()
-    make = partial(ViewerServer, hub, host, security=security, ready=ready, status=status, segmenter=segmenter,
+    make = partial(ViewerServer, hub, host, security=security, ready=ready, status=status, segmenter=segmenter, bev=bev,
                    metrics=metrics)
     viewer = make(port)
     try:

@@ -178,3 +178,55 @@ async def test_camera_file_of_another_size_or_stream_is_refused_before_the_model
         with pytest.raises(CameraFileError, match=match):
             await Pipeline(config, factory).run()
         assert not loaded
+
+
+async def test_viewer_serves_the_newest_grid_as_png():
+    import aiohttp
+    import cv2
+
+    sources = ("front=synthetic:seed=1,size=256x128,frames=300", "rear=synthetic:size=256x128,frames=300")
+    config = PipelineConfig(sources=sources, model="demo", precision=Precision.FP32, zmq_address=None,
+                            viewer=("127.0.0.1", 0), stats_interval_s=0, realtime=True,  # runs until stopped here
+                            cameras=(StreamCamera("front", _camera()),), bev_grid=BevGrid(30, 16, 0.2))
+    async with running(config) as (pipeline, task):
+        await wait_for(lambda: pipeline.telemetry.frames >= 4 or task.done(), timeout_s=60, what="four frames")
+        base = f"http://127.0.0.1:{pipeline.viewer_port}/api/bev"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base) as response:
+                assert await response.json() == {"streams": ["front"]}
+            async with session.get(f"{base}/front.png") as response:
+                assert response.status == 200 and response.content_type == "image/png"
+                picture = cv2.imdecode(np.frombuffer(await response.read(), np.uint8), cv2.IMREAD_COLOR)
+            for missing in ("rear", "nope"):  # no camera file; no such stream
+                async with session.get(f"{base}/{missing}.png") as response:
+                    assert response.status == 404
+    assert picture.shape == (150 * 2, 80 * 2, 3)  # forward up: 30 m / 0.2 m rows, 16 m / 0.2 m columns, x2
+
+
+async def test_the_viewer_page_shows_the_grid_beside_the_camera_view(tmp_path):
+    from tests.test_web_viewer import chromium_page, wait_for_page
+
+    config = PipelineConfig(sources=("front=synthetic:seed=1,size=256x128,frames=600",), model="demo",
+                            precision=Precision.FP32, zmq_address=None, viewer=("127.0.0.1", 0), stats_interval_s=0,
+                            realtime=True, cameras=(StreamCamera("front", _camera()),), bev_grid=BevGrid(30, 16, 0.2))
+    async with running(config) as (pipeline, task), chromium_page(tmp_path / "profile") as (page, errors):
+        await wait_for(lambda: pipeline.viewer_port is not None or task.done(), timeout_s=60, what="the viewer")
+        await page.goto(f"http://127.0.0.1:{pipeline.viewer_port}/")
+        await wait_for_page(page, "() => { const img = document.querySelector('.panel[data-stream=\"front\"] "
+                                  "figure.bev img'); return !!img && img.naturalWidth > 0; }", timeout=90)
+        size = await page.evaluate("() => { const img = document.querySelector('figure.bev img'); "
+                                   "return [img.naturalWidth, img.naturalHeight]; }")
+        assert size == [80 * 2, 150 * 2]
+        assert not errors, errors
+
+
+async def test_a_recording_of_another_size_fails_its_stream_naming_the_camera_file(tmp_path):
+    from tests.source_helpers import image_folder
+
+    (tmp_path / "frames").mkdir()
+    folder = image_folder(tmp_path / "frames", 2, size=(320, 160))
+    config = PipelineConfig(sources=(f"front={folder}",), model="demo", precision=Precision.FP32, zmq_address=None,
+                            viewer=None, stats_interval_s=0, cameras=(StreamCamera("front", _camera()),))
+    summary = await Pipeline(config, torch_factory(config)).run()
+    assert any("front.json is for 256x128 images, but stream front delivers 320x160 frames" in e
+               for e in summary["errors"]), summary["errors"]

@@ -72,3 +72,13 @@ def test_size_check_against_a_stream():
     camera.check_size(480, 360, "stream front")
     with pytest.raises(CameraFileError, match=r"is for 480x360 images, but stream front delivers 1024x512 frames"):
         camera.check_size(1024, 512, "stream front")
+
+
+def test_calibration_is_an_offline_tool_that_never_imports_stream():
+    import subprocess
+    import sys
+
+    code = ("import sys, calibration.cli, calibration.bev, calibration.ground, calibration.intrinsics, "
+            "calibration.undistort; print(sorted(m for m in sys.modules if m == 'stream' or m.startswith('stream.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

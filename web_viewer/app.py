@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from web_viewer.bev_api import BevSource, add_bev_routes
 from web_viewer.connections import HEADER_TIMEOUT_S, ConnectionGuard, GuardedSite, access_log_kwargs
 from web_viewer.hub import ViewerHub
 from web_viewer.security import ViewerSecurity, origin_matches_host, security_middleware
@@ -102,9 +103,11 @@ class ViewerServer:
                  security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
                  status: Callable[[], dict[str, Any]] | None = None, segmenter: Segmenter | None = None,
+                 bev: BevSource | None = None,
                  metrics: Callable[[], bytes] | None = None) -> None:
         self.hub = hub
         self._status = status  # per-stream health and accounting, for /api/streams
+        self._bev = bev  # the streams' newest bird's-eye grids, for /api/bev (stream.geometry.StreamGeometry)
         self._metrics = metrics  # the Prometheus text exposition, for /metrics; None: 404
         # POST /api/segment and the /segment upload page (web_viewer.segment_api); None: 503, no model.
         self.segment_api = SegmentApi(segmenter, origin_allowed=_origin_allowed)
@@ -197,6 +200,7 @@ class ViewerServer:
         if self._metrics is not None:
             app.router.add_get("/metrics", self._metrics_page)
         self.segment_api.add_routes(app)
+        add_bev_routes(app, self._bev)
         # Open WebSocket handlers would otherwise hold shutdown for the whole timeout.
         app.on_shutdown.append(self._on_shutdown)
         return app

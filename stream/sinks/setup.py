@@ -67,7 +67,8 @@ async def open_outputs(config: PipelineConfig, sources: Sequence[FrameSource], h
             outputs.sinks.append(outputs.bridge)
         outputs.sinks += [TelemetrySink(hooks.telemetry, hooks.clock), MetricsSink(hooks.metrics, hooks.clock)]
         if config.viewer:
-            hub, server = await start_viewer(config.viewer, hooks.status, segmenter=hooks.segmenter,
+            bev = hooks.geometry  # /api/bev: the bird's-eye grids of streams with a camera file
+            hub, server = await start_viewer(config.viewer, hooks.status, segmenter=hooks.segmenter, bev=bev,
                                              metrics=hooks.metrics.exposition, security=config.viewer_security,
                                              ready=hooks.ready, fallback=config.viewer_fallback)
             outputs.viewer = ViewerSink(hub, server, hooks.telemetry.fps)
