@@ -43,6 +43,8 @@ PLUGIN_SUBCOMMANDS = {
     "export": ("models.export.onnx_export", "export a model to ONNX or build a TensorRT engine"),
     "bridge": ("decision_bridge.cli", "watch the ZeroMQ masks as a planner would (echo)"),
     "segment": ("stream.segment_cli", "segment image files: masks, overlays, class fractions, IoU"),
+    "watch": ("web_viewer.client", "watch a running viewer: telemetry per frame, saved frames and masks, or an "
+                                   "annotated video"),
 }
 # The viewer token's default, read once here at start-up (keeps the token out of `ps` and shell history).
 VIEWER_TOKEN_ENV = "ROADSEG_VIEWER_TOKEN"

@@ -66,14 +66,16 @@ async def start_viewer(bind: tuple[str, int], status: Callable[[], dict[str, Any
                        security: ViewerSecurity | None = None, ready: Callable[[], bool] | None = None,
                        fallback: bool, segmenter: Segmenter | None = None,
                        bev: BevSource | None = None,
-                       metrics: Callable[[], bytes] | None = None) -> tuple[ViewerHub, ViewerServer]:
+                       metrics: Callable[[], bytes] | None = None,
+                       telemetry: Callable[[], dict[str, Any]] | None = None) -> tuple[ViewerHub, ViewerServer]:
     """``segmenter``: runs uploaded images through the model (the viewer's POST /api/segment);
-    ``metrics``: the Prometheus exposition (``/metrics``)."""
+    ``metrics``: the Prometheus exposition (``/metrics``); ``telemetry``: per-stream stage latency
+    percentiles (``/api/telemetry``, e.g. ``Telemetry.live_summary``)."""
     host, port = bind
     hub = ViewerHub()
     hub.start()
     make = partial(ViewerServer, hub, host, security=security, ready=ready, status=status, segmenter=segmenter, bev=bev,
-                   metrics=metrics)
+                   metrics=metrics, telemetry=telemetry)
     viewer = make(port)
     try:
         await viewer.start()

@@ -183,12 +183,25 @@ def frame_record(encoded: Encoded, header: MaskHeader, sent_ns: int) -> FrameRec
 
 
 def viewer_info(header: MaskHeader, fps: float) -> dict[str, Any]:
-    """The overlay caption the viewer shows with a frame."""
+    """The frame's telemetry the viewer sends in the same message as its pixels (web_viewer.render):
+    seq, capture -> publish latency, the stage timings, the stream's frame rate ``fps``, validity,
+    stream state and reconnects, and the IoU per class (``None``: in neither truth nor prediction)
+    when the frame had ground truth."""
+    timings = header.timings
     info: dict[str, Any] = {"seq": header.seq, "latency_ms": round(header.latency_ms, 1), "valid": header.valid,
                             "fps": round(fps, 1), "model": header.model_id,
-                            "state": header.stream_state, "reconnects": header.reconnects}
-    if header.iou is not None and header.iou.mean is not None:
-        info["miou"] = round(header.iou.mean, 3)
+                            "state": header.stream_state, "reconnects": header.reconnects,
+                            "live": header.live, "batch": header.batch_size, "dropped_before": header.dropped_before,
+                            "stages_ms": {"queue": round(timings.queue_ms, 2),
+                                          "preprocess": round(timings.preprocess_ms, 2),
+                                          "inference": round(timings.inference_ms, 2),
+                                          "postprocess": round(timings.postprocess_ms, 2)}}
+    if header.invalid_reason is not None:
+        info["invalid_reason"] = header.invalid_reason
+    if header.iou is not None:
+        info["iou"] = [None if value is None else round(value, 4) for value in header.iou.per_class]
+        if header.iou.mean is not None:
+            info["miou"] = round(header.iou.mean, 3)
     return info
 
 

@@ -28,6 +28,8 @@ PERCENTILES = (50, 95, 99)
 # over hours of driving (at 30 fps x 8 cameras this is ~4.5 minutes of frames).
 RING_SIZE = 65_536
 STREAM_RING_SIZE = 4096  # per-stream end-to-end latency: the summary's p50/p99 per camera
+# Per-stream stage rings for the viewer's /api/telemetry: recent frames only (about a minute at 15 fps).
+STREAM_STAGE_RING_SIZE = 1024
 
 
 class LatencyRing:
@@ -80,6 +82,8 @@ class StreamStats:
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     has_truth: bool = False
     latency: LatencyRing = field(default_factory=lambda: LatencyRing(STREAM_RING_SIZE))
+    stages: dict[str, LatencyRing] = field(
+        default_factory=lambda: {stage: LatencyRing(STREAM_STAGE_RING_SIZE) for stage in STAGES})
     first_ns: int | None = None
     last_ns: int | None = None
 
@@ -105,9 +109,10 @@ class Telemetry:
         self.last_ns = now_ns
         values = (rec.queue_ms, rec.preprocess_ms, rec.inference_ms, rec.postprocess_ms,
                   rec.publish_ms, rec.end_to_end_ms)
+        stats = self.streams.setdefault(rec.stream_id, StreamStats())
         for stage, value in zip(STAGES, values, strict=True):
             self.stages[stage].add(value)
-        stats = self.streams.setdefault(rec.stream_id, StreamStats())
+            stats.stages[stage].add(value)
         stats.frames += 1
         stats.latency.add(rec.end_to_end_ms)
         stats.first_ns = now_ns if stats.first_ns is None else stats.first_ns
@@ -153,6 +158,25 @@ class Telemetry:
             out["iou"] = iou_summary(cm)
         return out
 
+
+    def live_summary(self) -> dict[str, Any]:
+        """Per stream, so far: frames, rate, each stage's latency percentiles over its latest
+        ``STREAM_STAGE_RING_SIZE`` frames, and IoU with ground truth (the viewer's ``/api/telemetry``;
+        cheap enough to serve every second: small rings, no global percentiles)."""
+        return {
+            "frames": self.frames,
+            "fps": round(self.fps(), 2),
+            "streams": {
+                sid: {
+                    "published": s.frames,
+                    "fps": round(s.fps(), 2),
+                    "latency_ms": {stage: {k: round(v, 2) for k, v in ring.summary().items()}
+                                   for stage, ring in s.stages.items() if ring.count},
+                    "iou": iou_summary(s.confusion) if s.has_truth else None,
+                }
+                for sid, s in self.streams.items()
+            },
+        }
 
     def stream_summary(self, stream_id: str) -> dict[str, Any]:
         stats = self.streams.get(stream_id) or StreamStats()

@@ -29,7 +29,7 @@ from web_viewer.security import ViewerSecurity, parse_origin, split_authority
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "test-token-0123456789abcdef"
-PROTECTED = ["/", "/api/stats", "/api/streams", "/metrics", "/api/segment", "/no/such/page"]
+PROTECTED = ["/", "/api/stats", "/api/streams", "/api/telemetry", "/metrics", "/api/segment", "/no/such/page"]
 WIDE = 3.0  # seconds: "promptly" on a loaded two-core machine
 
 
@@ -501,8 +501,9 @@ async def test_page_with_token_in_headless_chromium(tmp_path: Path) -> None:
     assert "token" not in address and stored == TOKEN  # out of the address bar, kept for the tab
     # The page passes the token on itself (not only through the cookie): WebSocket query, Bearer header.
     assert any(url.endswith(f"/ws?token={TOKEN}") for url, _ in sent), sent
-    polls = [auth for url, auth in sent if url.endswith("/api/streams")]
-    assert polls and all(auth == f"Bearer {TOKEN}" for auth in polls), sent
+    for api in ("/api/streams", "/api/telemetry"):
+        polls = [auth for url, auth in sent if url.endswith(api)]
+        assert polls and all(auth == f"Bearer {TOKEN}" for auth in polls), sent
     assert not errors, errors
 
 

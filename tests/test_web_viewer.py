@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import os
 import socket
 import statistics
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +24,9 @@ import pytest_asyncio
 
 from models.classes import CLASS_NAMES, PALETTE, Category
 from web_viewer import BindError, ViewerError, ViewerHub, ViewerServer, parse_bind, unpack_frame
+from web_viewer import hub as hub_module
 from web_viewer.hub import TASK_PREFIX
-from web_viewer.render import MAX_HEADER_BYTES, render_packet
+from web_viewer.render import MAX_HEADER_BYTES, render_frame, render_packet
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,13 +98,21 @@ async def receive_hello(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     return hello
 
 
+def decode_packet(message: bytes) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(header, camera RGB, category ids) of one v2 frame message."""
+    header, jpeg, png = unpack_frame(message)
+    image = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "JPEG did not decode"
+    ids = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    assert ids is not None and ids.dtype == np.uint8 and ids.shape == image.shape[:2], "mask PNG"
+    return header, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), ids
+
+
 async def receive_frame(ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], np.ndarray]:
     msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.BINARY, msg
-    header, jpeg = unpack_frame(msg.data)
-    image = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "JPEG did not decode"
-    return header, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    header, rgb, _ = decode_packet(msg.data)
+    return header, rgb
 
 
 def encoded_count_is(hub: ViewerHub, count: int) -> Callable[[], bool]:
@@ -144,41 +155,75 @@ async def test_hello_then_frames_in_wire_format(viewer: tuple[ViewerHub, Countin
         assert [c["name"] for c in hello["classes"]] == list(CLASS_NAMES) and len(hello["classes"]) == 8
         assert [c["color"] for c in hello["classes"]] == PALETTE.tolist()
         assert hello["streams"] == ["cam0"]
+        assert hello["v"] == 2 and hello["alpha"] == 0.5 and hello["qualities"] == [80, 60, 40]
         header, _ = await receive_frame(ws)
         assert header["seq"] == 1
-        info = {"seq": 7, "latency_ms": 12.5, "fps": np.float32(29.5), "miou": float("nan"), "width": 1}
-        hub.offer("cam0", *black_vehicle_frame(), info)
-        header, rgb = await receive_frame(ws)
-    assert header == {"stream": "cam0", "seq": 7, "width": W, "height": H, "latency_ms": 12.5,
-                      "fps": 29.5, "miou": None}  # fmt: skip
+        info = {"seq": 7, "latency_ms": 12.5, "fps": np.float32(29.5), "miou": float("nan"), "width": 1,
+                "jpeg_bytes": -1}
+        image, mask = black_vehicle_frame()
+        image[:, : W // 2] = (200, 30, 10)  # left half red-ish: the JPEG is the camera image, RGB order
+        mask[:, : W // 2] = Category.SKY
+        hub.offer("cam0", image, mask, info)
+        msg = await ws.receive(timeout=5)
+    header, rgb, ids = decode_packet(msg.data)
+    sizes = {"jpeg_bytes": header.pop("jpeg_bytes"), "mask_bytes": header.pop("mask_bytes")}
+    assert header == {"v": 2, "stream": "cam0", "seq": 7, "width": W, "height": H, "quality": 80,
+                      "latency_ms": 12.5, "fps": 29.5, "miou": None}  # fmt: skip
+    assert sum(sizes.values()) + 4 < len(msg.data) and min(sizes.values()) > 0
     assert rgb.shape == (H, W, 3)
-    assert_colour(rgb.reshape(-1, 3).mean(axis=0), VEHICLE_ON_BLACK_RGB)  # blue-ish: RGB order kept
+    assert_colour(rgb[H // 2, W // 4], (200, 30, 10))  # no overlay baked in: the page blends it
+    assert_colour(rgb[H // 2, 3 * W // 4], (0, 0, 0))
+    assert (ids[:, : W // 2] == Category.SKY).all() and (ids[:, W // 2 :] == Category.VEHICLE).all()
     assert executor.threads and threading.get_ident() not in executor.threads  # encoded off the loop
 
 
 def test_render_downscales_and_tolerates_mask_resolution_and_bad_ids() -> None:
     image = np.zeros((1080, 1920, 3), dtype=np.uint8)
+    image[:, 960:] = 255
     mask = np.full((270, 480), 255, dtype=np.uint8)  # model-resolution mask, "ignore" id
     mask[:, :240] = Category.SKY
-    packet = render_packet(
-        "c", 3, image, mask, {"x": [1, np.int64(2)]}, alpha=1.0, max_width=960, jpeg_quality=90
-    )
-    header, jpeg = unpack_frame(packet)
-    assert header == {"stream": "c", "seq": 3, "width": 960, "height": 540, "x": [1, 2]}
-    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert bgr is not None
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    assert_colour(rgb[270, 100], tuple(PALETTE[Category.SKY]))
-    assert_colour(rgb[270, 800], (0, 0, 0))  # id 255 renders as void
+    packet = render_packet("c", 3, image, mask, {"x": [1, np.int64(2)]}, max_width=960, jpeg_quality=90)
+    header, rgb, ids = decode_packet(packet)
+    assert {k: header[k] for k in ("v", "stream", "seq", "width", "height", "quality", "x")} == {
+        "v": 2, "stream": "c", "seq": 3, "width": 960, "height": 540, "quality": 90, "x": [1, 2]}
+    assert_colour(rgb[270, 100], (0, 0, 0))
+    assert_colour(rgb[270, 800], (255, 255, 255))
+    assert ids.shape == (540, 960)  # the mask at the JPEG's size
+    assert (ids[:, :480] == Category.SKY).all()
+    assert (ids[:, 480:] == Category.VOID).all()  # id 255 is sent as void
+
+
+def test_render_frame_encodes_the_mask_once_and_a_jpeg_per_quality() -> None:
+    image, mask = noisy_frame(3)
+    rendered = render_frame("c", 1, image, mask, {"seq": 9}, max_width=320, qualities=(80, 40))
+    assert sorted(rendered.packets) == [40, 80] and rendered.mask_bytes > 0 and rendered.mask_ms >= 0
+    assert rendered.jpeg_bytes[40] < rendered.jpeg_bytes[80]
+    low, high = (unpack_frame(rendered.packets[q]) for q in (40, 80))
+    assert low.mask_png == high.mask_png and low.header["quality"] == 40 and high.header["seq"] == 9
+    assert (high.header["width"], high.header["height"]) == (320, 240)
+
+
+@pytest.mark.parametrize("damage", ["version", "sizes", "short"])
+def test_unpack_refuses_packets_that_do_not_add_up(damage: str) -> None:
+    packet = render_packet("c", 1, *black_vehicle_frame(), {}, max_width=64, jpeg_quality=50)
+    if damage == "short":
+        packet = packet[:-1]
+    else:
+        (length,) = struct.unpack(">I", packet[:4])
+        header = json.loads(packet[4 : 4 + length])
+        header.update({"v": 1} if damage == "version" else {"mask_bytes": header["mask_bytes"] + 1})
+        raw = json.dumps(header).encode()
+        packet = struct.pack(">I", len(raw)) + raw + packet[4 + length :]
+    with pytest.raises(ValueError, match=r"version|do not match"):
+        unpack_frame(packet)
 
 
 def test_render_caps_oversized_header() -> None:
     image, mask = black_vehicle_frame()
     info = {"blob": "x" * (2 * MAX_HEADER_BYTES), "seq": 5}
-    header, _ = unpack_frame(
-        render_packet("c", 1, image, mask, info, alpha=0.5, max_width=960, jpeg_quality=80)
-    )
-    assert header == {"stream": "c", "seq": 5, "width": W, "height": H, "info_truncated": True}
+    header, _, _ = unpack_frame(render_packet("c", 1, image, mask, info, max_width=960, jpeg_quality=80))
+    assert {k: v for k, v in header.items() if not k.endswith("_bytes")} == {
+        "v": 2, "stream": "c", "seq": 5, "width": W, "height": H, "quality": 80, "info_truncated": True}
 
 
 # ---------------------------------------------------------------- latest-only behaviour
@@ -478,3 +523,46 @@ async def test_page_shows_why_a_camera_is_down(tmp_path: Path) -> None:
     assert "10" in metrics  # 3 stale + 7 superseded frames dropped
     assert hidden
     assert not errors, errors
+
+
+# ---------------------------------------------------------------- JPEG quality per client
+
+
+async def test_a_slow_link_moves_down_a_quality_tier_and_back_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.viewer_stall import RawViewerClient
+    from models.datasets.synthetic_scene import SyntheticDrive
+
+    monkeypatch.setattr(hub_module, "TIER_UP_AFTER_S", 1.5)
+    drive = SyntheticDrive(1, 960, 480, 15.0)
+    frames = [drive.render(i) for i in range(8)]  # ~70 KB at quality 80, ~29 KB at 40: 15 fps needs 1 MB/s
+    hub = ViewerHub()
+    server = ViewerServer(hub, "127.0.0.1", 0)
+    port = await server.start()
+
+    async def feed() -> None:
+        seq = 0
+        while True:
+            hub.offer("cam", *frames[seq % len(frames)], {"seq": seq})
+            seq += 1
+            await asyncio.sleep(1 / 15)
+
+    fast, slow = RawViewerClient(port), RawViewerClient(port, rate_bps=400_000)  # a 3.2 Mbit/s link
+    tasks = [asyncio.create_task(coro) for coro in (feed(), fast.run(), slow.run())]
+    try:
+        await wait_until(lambda: any(q == 40 for *_, q, _ in slow.frames), timeout=30, what="quality 40")
+        freed = len(slow.frames)
+        slow.rate_bps = None  # the link recovers
+        await wait_until(lambda: any(q == 80 for *_, q, _ in slow.frames[freed:]) and slow.frames[-1][2] == 80
+                         and hub.stats["tier_up"] >= 2, timeout=30, what="quality 80 again")
+        stats = hub.stats
+    finally:
+        fast.closed = slow.closed = True
+        for task in tasks:
+            task.cancel()
+        await server.close()
+        await hub.close()
+    assert {q for *_, q, _ in fast.frames} == {80}  # the fast viewer never paid for the slow one
+    assert stats["tier_down"] >= 2 and stats["tier_up"] >= 2
+    assert {"80", "40"} <= set(stats["encode"]["jpeg"])  # tier 40 was encoded only while someone needed it
+    assert stats["encode"]["jpeg"]["40"]["frames"] < stats["encode"]["jpeg"]["80"]["frames"]
+    assert stats["encode"]["jpeg"]["40"]["bytes"] < stats["encode"]["jpeg"]["80"]["bytes"] / 1.5

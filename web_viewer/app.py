@@ -1,17 +1,21 @@
 """The viewer's HTTP side: a static page, the ``/ws`` frame stream and small JSON endpoints.
 
 Routes: ``/`` (the page), ``/static/...`` (its JS/CSS), ``/ws`` (WebSocket, see
-:mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters),
-``/api/streams`` (per-stream state and drops), ``/healthz``, and ``POST /api/segment`` with its upload
-page ``/segment`` (one image in, its segmentation out: :mod:`web_viewer.segment_api`). Everything is served
-from this package: no CDN, works offline. ``/readyz``: 200 once the model is loaded and a stream is
-live. Who may use which route: :mod:`web_viewer.security`; connection limits: :mod:`web_viewer.connections`.
+:mod:`web_viewer.hub` for the protocol), ``/api/stats`` (hub counters: clients, frames, quality
+tiers, encode cost), ``/api/streams`` (per-stream state and drops), ``/api/telemetry`` (per-stream
+stage latency percentiles, rate and IoU so far), ``/metrics`` (Prometheus), ``/healthz``, and
+``POST /api/segment`` with its upload page ``/segment`` (one image in, its segmentation out:
+:mod:`web_viewer.segment_api`). Everything is served from this package: no CDN, works offline.
+``/readyz``: 200 once the model is loaded and a stream is live. Who may use which route:
+:mod:`web_viewer.security`; connection limits: :mod:`web_viewer.connections`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -23,6 +27,7 @@ from aiohttp import web
 from web_viewer.bev_api import BevSource, add_bev_routes
 from web_viewer.connections import HEADER_TIMEOUT_S, ConnectionGuard, GuardedSite, access_log_kwargs
 from web_viewer.hub import ViewerHub
+from web_viewer.render import json_safe
 from web_viewer.security import ViewerSecurity, origin_matches_host, security_middleware
 from web_viewer.segment_api import SegmentApi
 from web_viewer.segmentation import Segmenter
@@ -42,6 +47,8 @@ MAX_CLIENT_MSG_BYTES = 4096
 # allow megabytes, i.e. seconds of lag on a slow link.
 WS_SEND_BUFFER_BYTES = 256 * 1024
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text exposition format
+# /api/telemetry computes percentiles; every open page polls it each second: serve one answer this long.
+TELEMETRY_CACHE_S = 0.5
 # Server shutdown waits this long for in-flight HTTP requests (viewers are closed first).
 SHUTDOWN_TIMEOUT_S = 2.0
 # No CDN and no inline code: the page may only talk to us; frames are drawn from blobs.
@@ -104,11 +111,15 @@ class ViewerServer:
                  header_timeout_s: float = HEADER_TIMEOUT_S,
                  status: Callable[[], dict[str, Any]] | None = None, segmenter: Segmenter | None = None,
                  bev: BevSource | None = None,
-                 metrics: Callable[[], bytes] | None = None) -> None:
+                 metrics: Callable[[], bytes] | None = None,
+                 telemetry: Callable[[], dict[str, Any]] | None = None) -> None:
         self.hub = hub
         self._status = status  # per-stream health and accounting, for /api/streams
         self._bev = bev  # the streams' newest bird's-eye grids, for /api/bev (stream.geometry.StreamGeometry)
         self._metrics = metrics  # the Prometheus text exposition, for /metrics; None: 404
+        # Per-stream stage latency percentiles etc. (Telemetry.live_summary), for /api/telemetry; None: empty.
+        self._telemetry = telemetry
+        self._telemetry_cache: tuple[float, bytes] | None = None
         # POST /api/segment and the /segment upload page (web_viewer.segment_api); None: 503, no model.
         self.segment_api = SegmentApi(segmenter, origin_allowed=_origin_allowed)
         self.host = host
@@ -195,6 +206,7 @@ class ViewerServer:
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/api/streams", self._streams)
+        app.router.add_get("/api/telemetry", self._telemetry_page)
         app.router.add_get("/healthz", self._healthz, name="healthz")
         app.router.add_get("/readyz", self._readyz, name="readyz")
         if self._metrics is not None:
@@ -218,6 +230,15 @@ class ViewerServer:
         """Every stream's state (connecting, live, stalled, ...), reconnects, frame age and drops:
         what the page shows for a camera that sends no frames."""
         return web.json_response(self._status() if self._status else {})
+
+    async def _telemetry_page(self, _request: web.Request) -> web.Response:
+        """Per-stream stage latency percentiles, frame rate and IoU so far (the page's telemetry panel)."""
+        now = asyncio.get_running_loop().time()
+        cached = self._telemetry_cache
+        if cached is None or now - cached[0] > TELEMETRY_CACHE_S:
+            body = self._telemetry() if self._telemetry is not None else {"streams": {}}
+            cached = self._telemetry_cache = (now, json.dumps(json_safe(body), allow_nan=False).encode())
+        return web.Response(body=cached[1], content_type="application/json")
 
     async def _metrics_page(self, _request: web.Request) -> web.Response:
         assert self._metrics is not None

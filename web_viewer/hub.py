@@ -7,9 +7,22 @@ A slow browser must never slow the pipeline, and nothing may grow with time:
   unencoded older frame, and wakes the encoder. With no viewer connected it
   does not even wake it, so an unwatched viewer costs nothing.
 * One encoder task takes the newest pending frame of each stream and renders
-  it in an executor (overlay, downscale, JPEG; see :mod:`web_viewer.render`),
+  it in an executor (downscale, mask PNG, JPEG; see :mod:`web_viewer.render`),
   never on the loop. Its default executor is private and small, so viewers
   cannot starve the pipeline's own executor work.
+* **JPEG quality per client.** Each client has a quality tier (``qualities``, default
+  80, 60, 40). A frame is encoded once per tier that some client is on at that moment
+  (the mask PNG once in all), so with every client keeping up there is one JPEG per
+  frame. A send is *slow* when the client did not drain its previous frame within a
+  frame period: the send blocked longer than the stream's period (the measured interval
+  between offers, at least ``MIN_FRAME_PERIOD_S``), or a newer frame replaced the one
+  waiting in its mailbox meanwhile (aiohttp blocks only when the transport's buffer is
+  full, so a backed-up socket shows as one long send every few frames, with
+  replacements in between). ``TIER_DOWN_AFTER`` slow sends in a row move the client
+  down a tier; ``TIER_UP_AFTER_S`` without a slow send move it back up one. A client
+  blocked in a send for ``BLOCKED_SKIP_S`` asks for no tier of its own (it cannot take a
+  frame now; it gets the nearest tier encoded), so a stalled viewer never adds an
+  encode. Changes are counted (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stats`).
 * Each client has a mailbox holding at most one unsent frame per stream (a newer
   frame replaces it: counted in ``superseded``) and its own sender task, so a
   client whose socket is full only ever blocks itself.
@@ -20,11 +33,14 @@ A slow browser must never slow the pipeline, and nothing may grow with time:
   its oldest, stalled ones first, make room). Dropped clients are aborted at once,
   never counted against the caps.
 
-Wire protocol on ``/ws``: first a text message
-``{"type": "hello", "classes": [{"id", "name", "color": [r, g, b]}, ...], "streams": [...]}``,
-then one binary message per frame: a 4-byte big-endian length N, N bytes of
-UTF-8 JSON ``{"stream", "seq", "width", "height", **info}``, then the JPEG bytes
-(see :mod:`web_viewer.render` for the exact header rules).
+Wire protocol on ``/ws`` (version 2): first a text message
+``{"type": "hello", "v": 2, "classes": [{"id", "name", "color": [r, g, b]}, ...], "streams": [...],
+"alpha": 0.5, "qualities": [80, 60, 40], "mask": "png-grey-ids"}`` (``alpha``: the overlay
+opacity a page starts with), then one binary message per frame: a 4-byte big-endian length N,
+N bytes of UTF-8 JSON ``{"v": 2, "stream", "seq", "width", "height", "quality", "jpeg_bytes",
+"mask_bytes", **telemetry}``, the camera JPEG, then the category ids as a grey PNG of the JPEG's
+size (see :mod:`web_viewer.render` for the exact rules). The frame's telemetry rides in the
+same message as its pixels, so a page that shows both shows them in step.
 """
 
 from __future__ import annotations
@@ -36,6 +52,8 @@ import functools
 import itertools
 import json
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +61,7 @@ import numpy as np
 from aiohttp import WSCloseCode, web
 
 from web_viewer.connections import peer_host
-from web_viewer.render import class_table, render_packet
+from web_viewer.render import MASK_FORMAT, PACKET_VERSION, RenderedFrame, class_table, render_frame
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +83,20 @@ ENCODE_DRAIN_TIMEOUT_S = 2.0
 TASK_PREFIX = "viewer-"
 # WebSocket close code 1013 "try again later" (not in every aiohttp's WSCloseCode).
 CLOSE_TRY_AGAIN_LATER = 1013
+# JPEG quality tiers, best first: a client that cannot keep up moves down (see the module docstring).
+QUALITY_TIERS = (80, 60, 40)
+TIER_DOWN_AFTER = 2  # sends in a row slower than a frame period
+TIER_UP_AFTER_S = 3.0  # this long without a slow send: one tier up
+# A send is slow when it takes longer than the stream's frame period, but never below this: at 100
+# frames/s a loaded machine's scheduling jitter alone would otherwise demote a healthy client.
+MIN_FRAME_PERIOD_S = 0.05
+DEFAULT_FRAME_PERIOD_S = 1 / 15  # until a stream's interval between offers is measured
+BLOCKED_SKIP_S = 0.5  # a client blocked in a send this long gets no encode at its own tier
+PERIOD_SMOOTHING = 0.2  # exponential moving average weight of the newest offer interval
+MAX_PERIOD_SAMPLE_S = 1.0  # a pause (a stalled camera) is not a frame period
+
+
+Job = tuple[int, np.ndarray, np.ndarray, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -72,10 +104,18 @@ class _Stream:
     """Per-stream state: at most one pending frame and one cached packet."""
 
     offered: int = 0
-    pending: tuple[int, np.ndarray, np.ndarray, dict[str, Any]] | None = None
-    # The newest encoded packet, so a viewer that connects while a stream is idle still sees it.
-    last_packet: bytes | None = None
+    pending: Job | None = None
+    # The newest encoded packets by tier, so a viewer that connects while a stream is idle still sees it.
+    last_packets: dict[int, bytes] = field(default_factory=dict)
     error_logged: bool = False
+    last_offer_s: float | None = None
+    period_s: float = DEFAULT_FRAME_PERIOD_S  # smoothed interval between offers
+
+    def observe_offer(self, now_s: float) -> None:
+        if self.last_offer_s is not None:
+            interval = min(now_s - self.last_offer_s, MAX_PERIOD_SAMPLE_S)
+            self.period_s += PERIOD_SMOOTHING * (interval - self.period_s)
+        self.last_offer_s = now_s
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +134,12 @@ class _Client:
     blocked_since: float | None = None  # loop time the current send started
     superseded: int = 0
     mailbox_high_water: int = 0
+    tier: int = 0  # index into the hub's qualities: 0 is the best
+    tier_since: float = 0.0  # loop time of the last tier change (or of the connect)
+    last_slow: float = 0.0  # loop time of the last send slower than a frame period
+    slow_sends: int = 0  # in a row
+    tier_changes: int = 0
+    replaced: bool = False  # a frame waiting in the mailbox was replaced since the last take
 
     def deliver(self, stream_id: str, packet: bytes) -> bool:
         """Put a packet in the mailbox; True if it replaced an unsent one (O(1))."""
@@ -101,19 +147,20 @@ class _Client:
         self.mailbox[stream_id] = packet
         if replaced:
             self.superseded += 1
+            self.replaced = True
         self.mailbox_high_water = max(self.mailbox_high_water, len(self.mailbox))
         self.wake.set()
         return replaced
 
-    def take(self) -> bytes:
+    def take(self) -> tuple[str, bytes]:
         # Oldest-waiting stream first (dict order; replacing keeps the position) = fair.
         stream_id = next(iter(self.mailbox))
-        return self.mailbox.pop(stream_id)
+        return stream_id, self.mailbox.pop(stream_id)
 
     def stalled_for(self, now: float) -> float:
         return 0.0 if self.blocked_since is None else now - self.blocked_since
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self, qualities: Sequence[int]) -> dict[str, int]:
         return {
             "id": self.client_id,
             "sent": self.sent,
@@ -121,6 +168,42 @@ class _Client:
             "pending": len(self.mailbox),
             "in_flight": self.in_flight,
             "mailbox_high_water": self.mailbox_high_water,
+            "tier": self.tier,
+            "quality": qualities[self.tier],
+            "tier_changes": self.tier_changes,
+        }
+
+
+@dataclass(slots=True)
+class _EncodeCost:
+    """Running totals of what encoding cost, for ``stats["encode"]`` (means in ms and bytes)."""
+
+    frames: int = 0
+    resize_ms: float = 0.0
+    mask_ms: float = 0.0
+    mask_bytes: int = 0
+    jpeg: dict[int, list[float]] = field(default_factory=dict)  # quality -> [count, ms, bytes]
+
+    def add(self, rendered: RenderedFrame) -> None:
+        self.frames += 1
+        self.resize_ms += rendered.resize_ms
+        self.mask_ms += rendered.mask_ms
+        self.mask_bytes += rendered.mask_bytes
+        for quality, ms in rendered.jpeg_ms.items():
+            totals = self.jpeg.setdefault(quality, [0, 0.0, 0])
+            totals[0] += 1
+            totals[1] += ms
+            totals[2] += rendered.jpeg_bytes[quality]
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.frames, 1)
+        return {
+            "frames": self.frames,
+            "resize_ms": round(self.resize_ms / n, 3),
+            "mask_png_ms": round(self.mask_ms / n, 3),
+            "mask_png_bytes": round(self.mask_bytes / n),
+            "jpeg": {str(quality): {"frames": int(count), "ms": round(ms / count, 3), "bytes": round(size / count)}
+                     for quality, (count, ms, size) in sorted(self.jpeg.items(), reverse=True)},
         }
 
 
@@ -130,14 +213,22 @@ class ViewerHub:
     def __init__(
         self,
         *,
-        jpeg_quality: int = 80,
+        jpeg_quality: int = QUALITY_TIERS[0],
         alpha: float = 0.5,
         max_width: int = 960,
         executor: concurrent.futures.Executor | None = None,
         send_deadline_s: float = SEND_DEADLINE_S,
+        qualities: Sequence[int] | None = None,
     ) -> None:
+        """``jpeg_quality``: the best tier (lower default tiers below it are kept); ``qualities``: the
+        tiers themselves, best first (one entry: no adaptation); ``alpha``: the page's initial
+        overlay opacity."""
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        tiers = tuple(qualities) if qualities is not None else (
+            jpeg_quality, *(q for q in QUALITY_TIERS if q < jpeg_quality))
+        if not tiers or any(not 1 <= q <= 100 for q in tiers) or list(tiers) != sorted(set(tiers), reverse=True):
+            raise ValueError(f"qualities must be distinct values in 1..100, best first, got {tiers}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in 0..1, got {alpha}")
         if max_width < 16:
@@ -145,9 +236,10 @@ class ViewerHub:
         if not send_deadline_s > 0:
             raise ValueError(f"send_deadline_s must be > 0, got {send_deadline_s}")
         self._send_deadline_s = send_deadline_s
-        self._render = functools.partial(
-            render_packet, alpha=alpha, max_width=max_width, jpeg_quality=jpeg_quality
-        )
+        self._qualities = tiers
+        self._alpha = alpha
+        self._render = functools.partial(render_frame, max_width=max_width)
+        self._cost = _EncodeCost()
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=ENCODE_THREADS, thread_name_prefix="viewer-encode"
@@ -157,11 +249,12 @@ class ViewerHub:
         self._client_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._encoder: asyncio.Task[None] | None = None
-        self._in_flight: set[concurrent.futures.Future[bytes]] = set()
+        self._in_flight: set[concurrent.futures.Future[RenderedFrame]] = set()
         self._closing: asyncio.Task[None] | None = None
         self._counts = dict.fromkeys(
             ("frames_offered", "frames_encoded", "frames_sent", "superseded", "pending_replaced",
-             "encode_errors", "streams_rejected", "clients_rejected", "clients_total", "clients_evicted"),
+             "encode_errors", "streams_rejected", "clients_rejected", "clients_total", "clients_evicted",
+             "tier_down", "tier_up"),
             0,
         )  # fmt: skip
 
@@ -182,6 +275,7 @@ class ViewerHub:
             if stream is None:
                 return
         stream.offered += 1
+        stream.observe_offer(time.monotonic())
         if stream.pending is not None:
             self._counts["pending_replaced"] += 1
         stream.pending = (stream.offered, image, mask, info)
@@ -223,7 +317,8 @@ class ViewerHub:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.close_clients(code=WSCloseCode.GOING_AWAY)
         for stream in self._streams.values():
-            stream.pending = stream.last_packet = None
+            stream.pending = None
+            stream.last_packets = {}
         # An encode already running cannot be interrupted; wait (off the loop) for it so
         # that after close() no viewer work runs and our threads can be joined at once.
         running = [asyncio.wrap_future(future) for future in list(self._in_flight)]
@@ -243,13 +338,20 @@ class ViewerHub:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters since creation (JSON-able); ``superseded`` = per-client mailbox drops."""
+        """Counters since creation (JSON-able); ``superseded`` = per-client mailbox drops; ``encode``:
+        mean cost per frame (downscale, mask PNG, JPEG per quality, in ms and bytes)."""
         return {
             **self._counts,
             "clients": len(self._clients),
             "streams": sorted(self._streams),
-            "per_client": [client.snapshot() for client in self._clients.values()],
+            "qualities": list(self._qualities),
+            "encode": self._cost.summary(),
+            "per_client": [client.snapshot(self._qualities) for client in self._clients.values()],
         }
+
+    @property
+    def qualities(self) -> tuple[int, ...]:
+        return self._qualities
 
     # ---------------------------------------------------------------- encoder
 
@@ -261,9 +363,17 @@ class ViewerHub:
                 continue  # pending frames stay in their slots for the next viewer
             jobs = self._take_pending()
             if jobs:
-                await asyncio.gather(*(self._encode_one(stream_id, job) for stream_id, job in jobs))
+                tiers = self._tiers_wanted()
+                await asyncio.gather(*(self._encode_one(stream_id, job, tiers) for stream_id, job in jobs))
 
-    def _take_pending(self) -> list[tuple[str, tuple[int, np.ndarray, np.ndarray, dict[str, Any]]]]:
+    def _tiers_wanted(self) -> list[int]:
+        """The tiers some client that can take a frame now is on: one JPEG per frame while every client
+        keeps up; a client blocked in a send (stalled) adds none."""
+        now = asyncio.get_running_loop().time()
+        tiers = {client.tier for client in self._clients.values() if client.stalled_for(now) < BLOCKED_SKIP_S}
+        return sorted(tiers or {min(client.tier for client in self._clients.values())})
+
+    def _take_pending(self) -> list[tuple[str, Job]]:
         jobs = []
         for stream_id, stream in self._streams.items():
             if stream.pending is not None:
@@ -271,20 +381,17 @@ class ViewerHub:
                 stream.pending = None
         return jobs
 
-    async def _encode_one(
-        self,
-        stream_id: str,
-        job: tuple[int, np.ndarray, np.ndarray, dict[str, Any]],
-    ) -> None:
+    async def _encode_one(self, stream_id: str, job: Job, tiers: Sequence[int]) -> None:
         seq, image, mask, info = job
         stream = self._streams[stream_id]
+        qualities = [self._qualities[tier] for tier in tiers]
         try:
-            future = self._executor.submit(self._render, stream_id, seq, image, mask, info)
+            future = self._executor.submit(self._render, stream_id, seq, image, mask, info, qualities=qualities)
             # Tracked until the thread finishes (not just until we stop awaiting), so
             # close() can wait for it; discard runs on the worker thread (set ops are atomic).
             self._in_flight.add(future)
             future.add_done_callback(self._in_flight.discard)
-            packet = await asyncio.wrap_future(future)
+            rendered = await asyncio.wrap_future(future)
         except Exception as exc:  # one bad frame (shape, dtype, cv2.error) must not kill the viewer
             self._counts["encode_errors"] += 1
             if not stream.error_logged:  # once per stream: a broken source must not flood the log
@@ -292,13 +399,15 @@ class ViewerHub:
                 stream.error_logged = True
             return
         self._counts["frames_encoded"] += 1
-        stream.last_packet = packet
-        self._fan_out(stream_id, packet)
+        self._cost.add(rendered)
+        packets = {tier: rendered.packets[self._qualities[tier]] for tier in tiers}
+        stream.last_packets = packets
+        self._fan_out(stream_id, packets)
 
-    def _fan_out(self, stream_id: str, packet: bytes) -> None:
-        # The same bytes object goes to every client: fan-out costs no copies.
+    def _fan_out(self, stream_id: str, packets: dict[int, bytes]) -> None:
+        # The same bytes object goes to every client of a tier: fan-out costs no copies.
         for client in self._clients.values():
-            if client.deliver(stream_id, packet):
+            if client.deliver(stream_id, _nearest(packets, client.tier)):
                 self._counts["superseded"] += 1
 
     # ---------------------------------------------------------------- clients
@@ -340,7 +449,9 @@ class ViewerHub:
             await self._drop_client(client, WSCloseCode.OK)
 
     def _hello(self) -> str:
-        return json.dumps({"type": "hello", "classes": class_table(), "streams": sorted(self._streams)})
+        return json.dumps({"type": "hello", "v": PACKET_VERSION, "classes": class_table(),
+                           "streams": sorted(self._streams), "alpha": self._alpha,
+                           "qualities": list(self._qualities), "mask": MASK_FORMAT})
 
     def _make_room(self, peer: str) -> bool:
         """Whether a new viewer from ``peer`` may connect, after evicting whom it displaces."""
@@ -373,13 +484,14 @@ class ViewerHub:
 
     def _register(self, client: _Client) -> None:
         self._counts["clients_total"] += 1
+        client.tier_since = asyncio.get_running_loop().time()
         client.task = asyncio.get_running_loop().create_task(
             self._send_loop(client), name=f"{TASK_PREFIX}send-{client.client_id}"
         )
         for stream_id, stream in self._streams.items():
             # Show something at once; a pending (newer) frame will follow from the encoder.
-            if stream.last_packet is not None and stream.pending is None:
-                client.deliver(stream_id, stream.last_packet)
+            if stream.last_packets and stream.pending is None:
+                client.deliver(stream_id, _nearest(stream.last_packets, client.tier))
         self._wake.set()
 
     async def _send_loop(self, client: _Client) -> None:
@@ -387,9 +499,10 @@ class ViewerHub:
             await client.wake.wait()
             client.wake.clear()
             while client.mailbox:
-                packet = client.take()
+                stream_id, packet = client.take()
+                lagging, client.replaced = client.replaced, False
                 client.in_flight = 1
-                client.blocked_since = asyncio.get_running_loop().time()
+                started = client.blocked_since = asyncio.get_running_loop().time()
                 try:
                     async with asyncio.timeout(self._send_deadline_s):
                         await client.ws.send_bytes(packet)
@@ -404,6 +517,32 @@ class ViewerHub:
                     client.blocked_since = None
                 client.sent += 1
                 self._counts["frames_sent"] += 1
+                self._adapt(client, stream_id, started, lagging)
+
+    def _adapt(self, client: _Client, stream_id: str, started: float, lagging: bool) -> None:
+        """Move ``client`` down a quality tier when its socket backs up, up again when it keeps up.
+        ``lagging``: a frame waiting for this send was replaced (the client fell a frame behind)."""
+        now = asyncio.get_running_loop().time()
+        stream = self._streams.get(stream_id)
+        period = max(stream.period_s if stream is not None else DEFAULT_FRAME_PERIOD_S, MIN_FRAME_PERIOD_S)
+        if lagging or now - started > period:
+            client.slow_sends += 1
+            client.last_slow = now
+            if client.slow_sends >= TIER_DOWN_AFTER and client.tier < len(self._qualities) - 1:
+                self._set_tier(client, client.tier + 1, now, "tier_down")
+            return
+        client.slow_sends = 0
+        if client.tier > 0 and now - max(client.last_slow, client.tier_since) >= TIER_UP_AFTER_S:
+            self._set_tier(client, client.tier - 1, now, "tier_up")
+
+    def _set_tier(self, client: _Client, tier: int, now: float, counter: str) -> None:
+        log.debug("viewer: client %d: JPEG quality %d -> %d", client.client_id, self._qualities[client.tier],
+                  self._qualities[tier])
+        client.tier = tier
+        client.tier_since = now
+        client.slow_sends = 0
+        client.tier_changes += 1
+        self._counts[counter] += 1
 
     async def _drop_client(self, client: _Client, code: int) -> None:
         if self._clients.pop(client.client_id, None) is None:
@@ -429,3 +568,11 @@ class ViewerHub:
             # A plain close() keeps the socket until its unread backlog drains, which
             # for a stalled client is never; abort frees it now.
             transport.abort()
+
+
+def _nearest(packets: dict[int, bytes], tier: int) -> bytes:
+    """The packet of ``tier``, else of the nearest tier encoded (a client's tier may change mid-encode)."""
+    packet = packets.get(tier)
+    if packet is not None:
+        return packet
+    return packets[min(packets, key=lambda t: (abs(t - tier), t))]

@@ -70,7 +70,8 @@ async def open_outputs(config: PipelineConfig, sources: Sequence[FrameSource], h
             bev = hooks.geometry  # /api/bev: the bird's-eye grids of streams with a camera file
             hub, server = await start_viewer(config.viewer, hooks.status, segmenter=hooks.segmenter, bev=bev,
                                              metrics=hooks.metrics.exposition, security=config.viewer_security,
-                                             ready=hooks.ready, fallback=config.viewer_fallback)
+                                             ready=hooks.ready, fallback=config.viewer_fallback,
+                                             telemetry=hooks.telemetry.live_summary)
             outputs.viewer = ViewerSink(hub, server, hooks.telemetry.fps)
             outputs.sinks.append(outputs.viewer)
         if config.record:
