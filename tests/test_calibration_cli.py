@@ -71,7 +71,7 @@ def test_calibrate_then_run_publishes_bev_grids(tmp_path):
         [*ROADSEG, "run", "--source", f"front=synthetic:seed=2,size={SIZE[0]}x{SIZE[1]},frames={FRAMES}",
          "--camera", f"front={camera_file}", "--bev-grid", "30x16@0.2", "--zmq", address, "--zmq-wait", "60",
          "--viewer", "off", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    masks, bevs, cameras = [], [], []
+    masks, bevs, cameras, kinds = [], [], [], []
     try:
         deadline = time.monotonic() + 180
         ended = False
@@ -81,6 +81,7 @@ def test_calibrate_then_run_publishes_bev_grids(tmp_path):
                 continue
             parts = sub.recv_multipart()
             kind = parts[0].split(b"/", 1)[0]
+            kinds.append(kind)
             if kind == b"mask":
                 masks.append(decode(parts))
             elif kind == b"bev":
@@ -99,6 +100,7 @@ def test_calibrate_then_run_publishes_bev_grids(tmp_path):
     assert [b.header.seq for b in bevs] == list(range(FRAMES))  # one grid per frame, after its mask
     assert {m.header.camera_hash for m in masks} == {camera.hash} == {b.header.camera_hash for b in bevs}
     assert cameras and cameras[0].header.camera_hash == camera.hash
+    assert kinds.index(b"camera") < kinds.index(b"mask")  # the file comes before the first mask naming it
     assert json.loads(cameras[0].camera_json)["K"] == camera.to_json()["K"]
     grid = bevs[-1]
     assert (grid.header.cells_x, grid.header.cells_y) == (150, 80) and grid.classes.shape == (80, 150)

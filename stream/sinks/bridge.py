@@ -1,6 +1,7 @@
 """The ZeroMQ bridge as a sink: the publisher on its own thread, the status beacon, and each
 result's mask (and drivable space, and bird's-eye grid) sent as ``--zmq-mode`` wants; the camera
-files of streams started with ``--camera`` go out once a second (``camera/<stream>``).
+files of streams started with ``--camera`` go out once a second (``camera/<stream>``) and right before
+each such stream's first mask, so a subscriber there from frame 0 has it before it needs it.
 
 It binds before the model loads (:meth:`BridgeSink.open`), so a taken port fails in well under a
 second and status messages flow from then on: a subscriber sees "connecting", not silence.
@@ -40,8 +41,13 @@ class BridgeSink:
         self._mode = mode
         self._beacon = beacon
         self._beacon_task = asyncio.create_task(beacon.run(), name="status")
-        self._camera_task = asyncio.create_task(self._send_cameras(cameras, run_id, clock), name="cameras") \
-            if cameras and clock is not None else None
+        self._cameras = dict(cameras or {})  # stream -> its camera file, canonical JSON
+        self._hashes = {stream_id: camera_hash(body) for stream_id, body in self._cameras.items()}
+        self._run_id = run_id
+        self._clock = clock
+        self._cameras_told: set[str] = set()  # streams whose first mask went out after their camera file
+        self._camera_task = asyncio.create_task(self._send_cameras(), name="cameras") \
+            if self._cameras and clock is not None else None
         self._closed = False
 
     @classmethod
@@ -68,20 +74,27 @@ class BridgeSink:
         return await wait_for_subscribers(self._io, timeout_s, count)
 
     async def send(self, result: Result) -> None:
+        stream_id = result.header.stream_id
+        if stream_id in self._cameras and stream_id not in self._cameras_told and self._clock is not None:
+            self._cameras_told.add(stream_id)  # the file before the first mask that names it
+            await deliver(self._io, self._mode, self._camera_parts(stream_id), single_frame=False)
         await deliver(self._io, self._mode, encode(result.header, result.encoded.payload))
         if result.encoded.road is not None:
             await deliver(self._io, self._mode, road_parts(result.header, result.encoded.road), single_frame=False)
         if result.encoded.bev is not None:
             await deliver(self._io, self._mode, bev_parts(result.header, result.encoded.bev), single_frame=False)
 
-    async def _send_cameras(self, cameras: Mapping[str, bytes], run_id: str, clock: Clock) -> None:
+    def _camera_parts(self, stream_id: str) -> list[bytes]:
+        assert self._clock is not None
+        header = CameraInfoHeader(stream_id, self._run_id, self._hashes[stream_id], CAMERA_PERIOD_MS,
+                                  self._clock.now_ns(), self._clock.wall_ns())
+        return encode_camera_info(header, self._cameras[stream_id])
+
+    async def _send_cameras(self) -> None:
         """Until closed: each stream's camera file, every CAMERA_PERIOD_MS (a refused one goes next time)."""
-        hashes = {stream_id: camera_hash(body) for stream_id, body in cameras.items()}
         while True:
-            for stream_id, body in cameras.items():
-                header = CameraInfoHeader(stream_id, run_id, hashes[stream_id], CAMERA_PERIOD_MS, clock.now_ns(),
-                                          clock.wall_ns())
-                self._io.send(encode_camera_info(header, body), count_drop=False)
+            for stream_id in self._cameras:
+                self._io.send(self._camera_parts(stream_id), count_drop=False)
             await asyncio.sleep(CAMERA_PERIOD_MS / 1e3)
 
     def drops(self) -> Mapping[str, int]:
