@@ -230,3 +230,22 @@ async def test_a_recording_of_another_size_fails_its_stream_naming_the_camera_fi
     summary = await Pipeline(config, torch_factory(config)).run()
     assert any("front.json is for 256x128 images, but stream front delivers 320x160 frames" in e
                for e in summary["errors"]), summary["errors"]
+
+
+def test_the_road_grid_keeps_road_on_flat_ground_and_unknown_where_unseen():
+    from stream.geometry import StreamCalibration, bev_parts
+
+    camera = _camera()
+    calibration = StreamCalibration(camera, BevGrid(30, 16, 0.2), None)
+    mask = np.full((128, 256), Category.FLAT, np.uint8)
+    mask[:, :128] = Category.NATURE  # the left half of the image is grass
+    road = np.ones((128, 256), bool)  # the model says road everywhere: only flat ground may be
+    out = calibration.project(mask, road)
+    assert out is not None and out.road is not None and calibration.latest is out
+    known = out.classes != UNKNOWN_ID
+    assert ((out.road == UNKNOWN_ID) == ~known).all()
+    assert (out.road[known] == (out.classes[known] == Category.FLAT)).all()
+    assert (out.road == 1).any() and (out.road == 0).any()
+    header = replace(make_header(height=128, width=256, stream_id="front"), camera_hash=camera.hash)
+    message = decode_bev(bev_parts(header, out))
+    assert message.road is not None and (message.road == out.road).all() and message.header.road
