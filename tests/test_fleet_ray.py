@@ -50,10 +50,59 @@ def _ray():
     return ray
 
 
-def _leftovers(marker: str) -> list[str]:
-    """Processes whose command line names ``marker`` (this module's Ray temp folder)."""
-    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
-    return [line for line in found.splitlines() if "pgrep" not in line]
+def _ray_processes() -> dict[int, str]:
+    """Live (not zombie) Ray processes on this machine: pid -> command line. Ray's agents rename
+    themselves (``ray::DashboardAgent``), so the command line alone cannot tie them to a session."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and ("ray::" in cmdline or "/site-packages/ray/" in cmdline):
+            found[int(entry.name)] = cmdline[:160]
+    return found
+
+
+def _left_running(before: dict[int, str], timeout_s: float = 15.0) -> list[str]:
+    """Ray processes started since ``before`` that are still alive after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [cmd for pid, cmd in _ray_processes().items() if pid not in before]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.3)
+
+
+def test_cli_runs_on_an_embedded_ray_and_writes_masks(tmp_path):
+    """No --ray: the command starts Ray on this machine, runs, and stops it (nothing left running).
+    First in the module, before its cluster starts: any Ray process new after the run is a leak."""
+    _ray()
+    temp = tempfile.mkdtemp(prefix="rse-", dir="/tmp")
+    running = _ray_processes()
+    env = {**os.environ, "RAY_TMPDIR": temp, "ROADSEG_SHARED": str(shared_dir())}
+    city = require_shared("cityscapes")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stream.cli", "fleet", "eval", "--drives", f"ffm=cityscapes:{city}:val:frankfurt",
+             "--model", "demo", "--size", "256x128", "--limit", "2", "--actors", "1", "--num-cpus", "2",
+             "--object-store-mb", "100", "--out", str(tmp_path / "out"), "--masks", str(tmp_path / "masks")],
+            capture_output=True, text=True, timeout=200, cwd=REPO, env=env)
+        left = _left_running(running)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not left, f"Ray processes left running: {left}"
+    assert "fleet: 2/2 frames (100%)" in result.stderr and "ETA" in result.stderr
+    assert "category IoU (Cityscapes: 7 categories, void ignored)" in result.stdout
+    body = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert body["cluster"]["address"] == "embedded" and body["frames"] == 2
+    masks = sorted((tmp_path / "masks" / "ffm").glob("*.png"))
+    assert [m.name for m in masks] == ["frankfurt_000000_000294.png", "frankfurt_000000_000576.png"]
+    assert (tmp_path / "out" / "report.md").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +111,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="rsf-", dir="/tmp")  # short: Ray's socket paths live under it
+    running = _ray_processes()
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
     head = Cluster(initialize_head=True, shutdown_at_exit=True,
@@ -77,10 +127,7 @@ def cluster():
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = before
-        deadline = time.monotonic() + 10
-        while _leftovers(temp) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = _leftovers(temp)
+        left = _left_running(running)
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"Ray processes left running: {left}"
 
@@ -113,14 +160,15 @@ def _city() -> str:
 
 @pytest.fixture(scope="module")
 def fleet_with_a_corrupt_video(cluster, tmp_path_factory):
-    """Cityscapes val frames, the two dashcam videos, a truncated video and a missing folder: one run."""
+    """Cityscapes val frames, the two dashcam videos, a truncated video and a missing folder: one run,
+    driven from an actor on the cluster as for a ray:// client (the kill test drives from here)."""
     folder = tmp_path_factory.mktemp("fleet")
     corrupt = folder / "truncated.mp4"
     corrupt.write_bytes(require_shared(VIDEOS[1]).read_bytes()[:20000])  # no moov atom: cannot be opened
     specs = [_city(), *(str(require_shared(v)) for v in VIDEOS), str(corrupt), str(folder / "gone")]
     drives = list_drives(entries_from_specs(specs), limit=VIDEO_FRAMES)
     drives[0] = list_drives(entries_from_specs([_city()]), limit=CITY_FRAMES)[0]
-    run = run_fleet(_config(cluster), drives, progress=False)
+    run = run_fleet(_config(cluster), drives, progress=False, driver_on_cluster=True)
     body = write_report(run, folder / "out")
     return body, folder / "out"
 
@@ -191,29 +239,3 @@ def test_killing_a_worker_mid_run_still_counts_every_frame_once(cluster, eval_co
     # Mid-run: other workers (the second actor, the restarted one) went on after the kill.
     after = [f for f in frames if f["actor"] != killed["actor"] and f["done_at"] > killed["at"]]
     assert after, "every frame was done before the kill: the run was too short to test a loss"
-
-
-def test_cli_runs_on_an_embedded_ray_and_writes_masks(tmp_path):
-    """No --ray: the command starts Ray on this machine, runs, and stops it (nothing left running)."""
-    _ray()
-    temp = tempfile.mkdtemp(prefix="rse-", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": temp, "ROADSEG_SHARED": str(shared_dir())}
-    city = require_shared("cityscapes")
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "stream.cli", "fleet", "eval", "--drives", f"ffm=cityscapes:{city}:val:frankfurt",
-             "--model", "demo", "--size", "256x128", "--limit", "2", "--actors", "1", "--num-cpus", "2",
-             "--object-store-mb", "100", "--out", str(tmp_path / "out"), "--masks", str(tmp_path / "masks")],
-            capture_output=True, text=True, timeout=200, cwd=REPO, env=env)
-        left = _leftovers(temp)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not left, f"Ray processes left running: {left}"
-    assert "fleet: 2/2 frames (100%)" in result.stderr and "ETA" in result.stderr
-    assert "category IoU (Cityscapes: 7 categories, void ignored)" in result.stdout
-    body = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert body["cluster"]["address"] == "embedded" and body["frames"] == 2
-    masks = sorted((tmp_path / "masks" / "ffm").glob("*.png"))
-    assert [m.name for m in masks] == ["frankfurt_000000_000294.png", "frankfurt_000000_000576.png"]
-    assert (tmp_path / "out" / "report.md").is_file()

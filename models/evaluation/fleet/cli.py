@@ -101,12 +101,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run_fleet_eval(args: argparse.Namespace) -> int:
     from models.errors import DatasetError
     from models.evaluation.fleet.drives import entries_from_specs, list_drives, read_manifest
-    from models.evaluation.fleet.ray_job import INSTALL_HINT, FleetError, import_ray, run_fleet
+    from models.evaluation.fleet.ray_job import INSTALL_HINT, FleetError, ray_installed, run_fleet
     from models.evaluation.fleet.report import summary_text, write_report
 
-    try:
-        import_ray()
-    except FleetError:
+    if not ray_installed():
         print(f"roadseg: error: {INSTALL_HINT}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.out is not None and args.out.exists() and not args.out.is_dir():

@@ -19,6 +19,7 @@ Without ``address``, a Ray instance is started on this machine for the run and s
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import time
@@ -42,11 +43,24 @@ ACTOR_MAX_TASK_RETRIES = 4
 TARGET_BLOCK_BYTES = 32 * 2**20  # a few full-size frames per block: frames flow to the actors early
 
 
+def ray_installed() -> bool:
+    """Whether Ray Data can be imported, without importing it (``roadseg fleet eval`` checks first)."""
+    try:
+        # Ray Data's own dependencies come with ray[data]: pyarrow stands for them (no submodule lookup,
+        # which would import ray itself).
+        return all(importlib.util.find_spec(name) is not None for name in ("ray", "pyarrow"))
+    except (ImportError, ValueError):  # a parent that is not a package, or sys.modules["ray"] = None
+        return False
+
+
 class FleetError(RuntimeError):
     """The run as a whole could not be done (no cluster, a cluster too small, Ray missing)."""
 
 
-def import_ray() -> Any:
+def import_ray(address: str | None = None) -> Any:
+    """Ray and Ray Data; FleetError with the install hint when they are missing."""
+    if address is not None and address.startswith("ray://"):
+        _client_token()  # read when Ray is first imported
     try:
         import ray
         import ray.data
@@ -176,10 +190,21 @@ def check_masks_dest(dest: str) -> None:
             writer._fs.delete_dir(f"{writer._root.rstrip('/')}/.roadseg-fleet")
 
 
+def _client_token() -> None:
+    """Ray (2.5x) guards clusters with a token, which a ray:// client sends only in token mode: turn
+    it on where a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), as a
+    direct connection does; an explicit RAY_AUTH_MODE is left alone."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 @contextlib.contextmanager
 def connect(config: FleetConfig, verbose: bool = False) -> Iterator[tuple[Any, str]]:
     """Ray, initialised: an embedded instance (``address`` None, stopped afterwards) or the given cluster."""
-    ray = import_ray()
+    ray = import_ray(config.address)
     quiet = not verbose
     if quiet:
         for name in ("ray", "ray.data"):
@@ -208,9 +233,12 @@ def connect(config: FleetConfig, verbose: bool = False) -> Iterator[tuple[Any, s
 
 
 def run_fleet(config: FleetConfig, drives: list[Drive], *, progress: bool = True, verbose: bool = False,
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> FleetRun:
-    """Evaluate ``drives`` on Ray; ``on_row`` sees every result row as it arrives (tests use it)."""
-    import_ray()  # before the checkpoint is read: the hint comes first
+              on_row: Callable[[dict[str, Any]], None] | None = None,
+              driver_on_cluster: bool | None = None) -> FleetRun:
+    """Evaluate ``drives`` on Ray; ``on_row`` sees every result row as it arrives (tests use it).
+    ``driver_on_cluster``: drive the dataset from an actor on the cluster (None: only through a
+    ray:// client, which cannot drive Ray Data itself)."""
+    import_ray(config.address)  # before the checkpoint is read: the hint comes first
     checkpoint, checkpoint_name, card = model_payload(config.model)
     if config.size is not None:
         problem = card.input.size_problem(*config.size)
@@ -218,40 +246,105 @@ def run_fleet(config: FleetConfig, drives: list[Drive], *, progress: bool = True
             raise ValueError(f"--size: model {card.model_id}: {problem}")
     if config.masks:
         check_masks_dest(config.masks)
-    units = work_units(drives)
     with connect(config, verbose) as (ray, where):
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         run_plan = plan(config, ray.cluster_resources(), nodes)
-        log.info("fleet: %d drives, %d work units on %s (%d nodes, %s); %d actors x %g CPU / %g GPU, decode "
-                 "tasks %g CPU", len(drives), len(units), where, nodes, run_plan.cluster, run_plan.actors,
-                 run_plan.cpus_per_actor, run_plan.gpus_per_actor, run_plan.decode_cpus)
-        aggregate = FleetAggregate(drives, config.panels)
-        started_at = time.time()
-        start = time.monotonic()
-        if units:
-            dataset = _dataset(ray, config, run_plan, units, checkpoint, checkpoint_name,
-                               [drive.name for drive in drives])
-            total = sum(drive.expected or 0 for drive in drives if drive.error is None)
-            with progress_reporter(max(total, 1), progress, label="fleet") as bar:
-                try:
-                    for row in dataset.iter_rows():
-                        fresh = aggregate.add(row)
-                        if bar is not None and fresh and not row["error"]:
-                            bar.update(1)
-                        if on_row is not None:
-                            on_row(row)
-                except Exception as exc:
-                    if type(exc).__module__.split(".")[0] != "ray":
-                        raise
-                    # Actors that cannot start (a model that will not load there), a worker lost more
-                    # often than the retries allow: the run as a whole failed.
-                    raise FleetError(f"the Ray job failed: {exc}") from exc
-        elapsed = time.monotonic() - start
+        log.info("fleet: %d drives on %s (%d nodes, %s); %d actors x %g CPU / %g GPU, decode tasks %g CPU",
+                 len(drives), where, nodes, run_plan.cluster, run_plan.actors, run_plan.cpus_per_actor,
+                 run_plan.gpus_per_actor, run_plan.decode_cpus)
+        total = max(1, sum(drive.expected or 0 for drive in drives if drive.error is None))
+        with progress_reporter(total, progress, label="fleet") as bar:
+            tick = bar.update if bar is not None else None
+            if driver_on_cluster or (driver_on_cluster is None and _client_mode(ray)):
+                if on_row is not None:
+                    raise ValueError("on_row needs the dataset driven from this process, not from the cluster")
+                aggregate, started_at, elapsed = _execute_on_cluster(ray, config, run_plan, drives, checkpoint,
+                                                                     checkpoint_name, tick)
+            else:
+                aggregate, started_at, elapsed = execute(ray, config, run_plan, drives, checkpoint, checkpoint_name,
+                                                         on_frame=tick, on_row=on_row)
         ray_version = str(ray.__version__)
     width, height = config.size or card.input.size
     return FleetRun(config, run_plan, drives, aggregate, card.model_id,
                     (int(card.input.size[0]), int(card.input.size[1])), (int(width), int(height)),
                     started_at, elapsed, ray_version, where)
+
+
+def execute(ray: Any, config: FleetConfig, run_plan: Plan, drives: list[Drive], checkpoint: bytes | None,
+            checkpoint_name: str, *, on_frame: Callable[[int], Any] | None = None,
+            on_row: Callable[[dict[str, Any]], None] | None = None) -> tuple[FleetAggregate, float, float]:
+    """Run the dataset from a driver on the cluster: (aggregate, wall-clock start, seconds to the last row).
+    ``on_frame(1)`` for each new frame done, ``on_row(row)`` for every row."""
+    aggregate = FleetAggregate(drives, config.panels)
+    units = work_units(drives)
+    started_at = time.time()
+    start = time.monotonic()
+    if units:
+        dataset = _dataset(ray, config, run_plan, units, checkpoint, checkpoint_name, [d.name for d in drives])
+        try:
+            for row in dataset.iter_rows():
+                fresh = aggregate.add(row)
+                if on_frame is not None and fresh and not row["error"]:
+                    on_frame(1)
+                if on_row is not None:
+                    on_row(row)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "ray":
+                raise
+            # Actors that cannot start (a model that will not load there), a worker lost more
+            # often than the retries allow: the run as a whole failed.
+            raise FleetError(f"the Ray job failed: {exc}") from exc
+    return aggregate, started_at, time.monotonic() - start
+
+
+def _client_mode(ray: Any) -> bool:
+    """Connected through Ray Client (ray://): Ray Data cannot execute from such a driver."""
+    try:
+        return bool(ray.util.client.ray.is_connected())
+    except AttributeError:
+        return False
+
+
+class RemoteDriver:
+    """:func:`execute` in an actor on the cluster, for a ``ray://`` client: Ray Data runs from a driver on the
+    cluster, the client polls :meth:`frames_done` for its progress line and receives the aggregate."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def _tick(self, count: int) -> None:
+        self.done += count
+
+    def run(self, config: FleetConfig, run_plan: Plan, drives: list[Drive], checkpoint: bytes | None,
+            checkpoint_name: str) -> tuple[FleetAggregate, float, float]:
+        import ray
+
+        return execute(ray, config, run_plan, drives, checkpoint, checkpoint_name, on_frame=self._tick)
+
+    def frames_done(self) -> int:
+        return self.done
+
+
+def _execute_on_cluster(ray: Any, config: FleetConfig, run_plan: Plan, drives: list[Drive], checkpoint: bytes | None,
+                        checkpoint_name: str, tick: Callable[[int], Any] | None) -> tuple[FleetAggregate, float, float]:
+    driver = ray.remote(num_cpus=0, max_concurrency=2)(RemoteDriver).remote()
+    try:
+        result = driver.run.remote(config, run_plan, drives, checkpoint, checkpoint_name)
+        reported = 0
+        while True:
+            ready, _ = ray.wait([result], timeout=1.0)
+            done = int(ray.get(driver.frames_done.remote()))
+            if tick is not None and done > reported:
+                tick(done - reported)
+            reported = done
+            if ready:
+                try:
+                    return ray.get(result)  # type: ignore[no-any-return]
+                except Exception as exc:  # a RayTaskError wrapping FleetError or Ray's own
+                    cause = getattr(exc, "cause", None) or exc
+                    raise FleetError(str(cause)) from exc
+    finally:
+        ray.kill(driver)
 
 
 def _dataset(ray: Any, config: FleetConfig, run_plan: Plan, units: list[dict[str, str]], checkpoint: bytes | None,
