@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from models.classes import CLASS_NAMES, PALETTE, Category
 from web_viewer import BindError, ViewerError, ViewerHub, ViewerServer, parse_bind, unpack_frame
-from web_viewer import hub as hub_module
+from web_viewer import clients as clients_module
 from web_viewer.hub import TASK_PREFIX
 from web_viewer.render import MAX_HEADER_BYTES, render_frame, render_packet
 
@@ -532,7 +532,7 @@ async def test_a_slow_link_moves_down_a_quality_tier_and_back_up(monkeypatch: py
     from benchmarks.viewer_stall import RawViewerClient
     from models.datasets.synthetic_scene import SyntheticDrive
 
-    monkeypatch.setattr(hub_module, "TIER_UP_AFTER_S", 1.5)
+    monkeypatch.setattr(clients_module, "TIER_UP_AFTER_S", 1.5)
     drive = SyntheticDrive(1, 960, 480, 15.0)
     frames = [drive.render(i) for i in range(8)]  # ~70 KB at quality 80, ~29 KB at 40: 15 fps needs 1 MB/s
     hub = ViewerHub()

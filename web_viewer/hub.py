@@ -10,19 +10,9 @@ A slow browser must never slow the pipeline, and nothing may grow with time:
   it in an executor (downscale, mask PNG, JPEG; see :mod:`web_viewer.render`),
   never on the loop. Its default executor is private and small, so viewers
   cannot starve the pipeline's own executor work.
-* **JPEG quality per client.** Each client has a quality tier (``qualities``, default
-  80, 60, 40). A frame is encoded once per tier that some client is on at that moment
-  (the mask PNG once in all), so with every client keeping up there is one JPEG per
-  frame. A send is *slow* when the client did not drain its previous frame within a
-  frame period: the send blocked longer than the stream's period (the measured interval
-  between offers, at least ``MIN_FRAME_PERIOD_S``), or a newer frame replaced the one
-  waiting in its mailbox meanwhile (aiohttp blocks only when the transport's buffer is
-  full, so a backed-up socket shows as one long send every few frames, with
-  replacements in between). ``TIER_DOWN_AFTER`` slow sends in a row move the client
-  down a tier; ``TIER_UP_AFTER_S`` without a slow send move it back up one. A client
-  blocked in a send for ``BLOCKED_SKIP_S`` asks for no tier of its own (it cannot take a
-  frame now; it gets the nearest tier encoded), so a stalled viewer never adds an
-  encode. Changes are counted (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stats`).
+* **JPEG quality per client** (see :mod:`web_viewer.clients`): a frame is encoded once per
+  quality tier some client is on; a client that falls behind moves down a tier, one that
+  keeps up moves back (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stats`).
 * Each client has a mailbox holding at most one unsent frame per stream (a newer
   frame replaces it: counted in ``superseded``) and its own sender task, so a
   client whose socket is full only ever blocks itself.
@@ -47,20 +37,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import itertools
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from aiohttp import WSCloseCode, web
 
+from web_viewer.clients import BLOCKED_SKIP_S, MIN_FRAME_PERIOD_S, QUALITY_TIERS, Client, nearest
 from web_viewer.connections import peer_host
+from web_viewer.encoding import DEFAULT_FRAME_PERIOD_S, EncodeCost, Job, StreamSlot
 from web_viewer.render import MASK_FORMAT, PACKET_VERSION, RenderedFrame, class_table, render_frame
 
 log = logging.getLogger(__name__)
@@ -76,135 +66,11 @@ SEND_DEADLINE_S = 10.0
 STALLED_S = 1.0
 # Two threads keep the viewer's CPU share bounded however many streams there are.
 ENCODE_THREADS = 2
-# How long close() waits for a client to acknowledge the close before aborting it.
-CLOSE_TIMEOUT_S = 1.0
 # How long close() waits for an encode already running in a thread (one encode takes ~10 ms).
 ENCODE_DRAIN_TIMEOUT_S = 2.0
 TASK_PREFIX = "viewer-"
 # WebSocket close code 1013 "try again later" (not in every aiohttp's WSCloseCode).
 CLOSE_TRY_AGAIN_LATER = 1013
-# JPEG quality tiers, best first: a client that cannot keep up moves down (see the module docstring).
-QUALITY_TIERS = (80, 60, 40)
-TIER_DOWN_AFTER = 2  # sends in a row slower than a frame period
-TIER_UP_AFTER_S = 3.0  # this long without a slow send: one tier up
-# A send is slow when it takes longer than the stream's frame period, but never below this: at 100
-# frames/s a loaded machine's scheduling jitter alone would otherwise demote a healthy client.
-MIN_FRAME_PERIOD_S = 0.05
-DEFAULT_FRAME_PERIOD_S = 1 / 15  # until a stream's interval between offers is measured
-BLOCKED_SKIP_S = 0.5  # a client blocked in a send this long gets no encode at its own tier
-PERIOD_SMOOTHING = 0.2  # exponential moving average weight of the newest offer interval
-MAX_PERIOD_SAMPLE_S = 1.0  # a pause (a stalled camera) is not a frame period
-
-
-Job = tuple[int, np.ndarray, np.ndarray, dict[str, Any]]
-
-
-@dataclass(slots=True)
-class _Stream:
-    """Per-stream state: at most one pending frame and one cached packet."""
-
-    offered: int = 0
-    pending: Job | None = None
-    # The newest encoded packets by tier, so a viewer that connects while a stream is idle still sees it.
-    last_packets: dict[int, bytes] = field(default_factory=dict)
-    error_logged: bool = False
-    last_offer_s: float | None = None
-    period_s: float = DEFAULT_FRAME_PERIOD_S  # smoothed interval between offers
-
-    def observe_offer(self, now_s: float) -> None:
-        if self.last_offer_s is not None:
-            interval = min(now_s - self.last_offer_s, MAX_PERIOD_SAMPLE_S)
-            self.period_s += PERIOD_SMOOTHING * (interval - self.period_s)
-        self.last_offer_s = now_s
-
-
-@dataclass(eq=False, slots=True)
-class _Client:
-    """One connected viewer: a latest-only mailbox (stream -> packet) and a sender task."""
-
-    client_id: int
-    ws: web.WebSocketResponse
-    transport: asyncio.Transport | None
-    peer: str = ""  # remote address
-    mailbox: dict[str, bytes] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    sent: int = 0
-    in_flight: int = 0  # 1 while a send is blocked on a full socket
-    blocked_since: float | None = None  # loop time the current send started
-    superseded: int = 0
-    mailbox_high_water: int = 0
-    tier: int = 0  # index into the hub's qualities: 0 is the best
-    tier_since: float = 0.0  # loop time of the last tier change (or of the connect)
-    last_slow: float = 0.0  # loop time of the last send slower than a frame period
-    slow_sends: int = 0  # in a row
-    tier_changes: int = 0
-    replaced: bool = False  # a frame waiting in the mailbox was replaced since the last take
-
-    def deliver(self, stream_id: str, packet: bytes) -> bool:
-        """Put a packet in the mailbox; True if it replaced an unsent one (O(1))."""
-        replaced = stream_id in self.mailbox
-        self.mailbox[stream_id] = packet
-        if replaced:
-            self.superseded += 1
-            self.replaced = True
-        self.mailbox_high_water = max(self.mailbox_high_water, len(self.mailbox))
-        self.wake.set()
-        return replaced
-
-    def take(self) -> tuple[str, bytes]:
-        # Oldest-waiting stream first (dict order; replacing keeps the position) = fair.
-        stream_id = next(iter(self.mailbox))
-        return stream_id, self.mailbox.pop(stream_id)
-
-    def stalled_for(self, now: float) -> float:
-        return 0.0 if self.blocked_since is None else now - self.blocked_since
-
-    def snapshot(self, qualities: Sequence[int]) -> dict[str, int]:
-        return {
-            "id": self.client_id,
-            "sent": self.sent,
-            "superseded": self.superseded,
-            "pending": len(self.mailbox),
-            "in_flight": self.in_flight,
-            "mailbox_high_water": self.mailbox_high_water,
-            "tier": self.tier,
-            "quality": qualities[self.tier],
-            "tier_changes": self.tier_changes,
-        }
-
-
-@dataclass(slots=True)
-class _EncodeCost:
-    """Running totals of what encoding cost, for ``stats["encode"]`` (means in ms and bytes)."""
-
-    frames: int = 0
-    resize_ms: float = 0.0
-    mask_ms: float = 0.0
-    mask_bytes: int = 0
-    jpeg: dict[int, list[float]] = field(default_factory=dict)  # quality -> [count, ms, bytes]
-
-    def add(self, rendered: RenderedFrame) -> None:
-        self.frames += 1
-        self.resize_ms += rendered.resize_ms
-        self.mask_ms += rendered.mask_ms
-        self.mask_bytes += rendered.mask_bytes
-        for quality, ms in rendered.jpeg_ms.items():
-            totals = self.jpeg.setdefault(quality, [0, 0.0, 0])
-            totals[0] += 1
-            totals[1] += ms
-            totals[2] += rendered.jpeg_bytes[quality]
-
-    def summary(self) -> dict[str, Any]:
-        n = max(self.frames, 1)
-        return {
-            "frames": self.frames,
-            "resize_ms": round(self.resize_ms / n, 3),
-            "mask_png_ms": round(self.mask_ms / n, 3),
-            "mask_png_bytes": round(self.mask_bytes / n),
-            "jpeg": {str(quality): {"frames": int(count), "ms": round(ms / count, 3), "bytes": round(size / count)}
-                     for quality, (count, ms, size) in sorted(self.jpeg.items(), reverse=True)},
-        }
 
 
 class ViewerHub:
@@ -239,13 +105,13 @@ class ViewerHub:
         self._qualities = tiers
         self._alpha = alpha
         self._render = functools.partial(render_frame, max_width=max_width)
-        self._cost = _EncodeCost()
+        self._cost = EncodeCost()
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=ENCODE_THREADS, thread_name_prefix="viewer-encode"
         )
-        self._streams: dict[str, _Stream] = {}
-        self._clients: dict[int, _Client] = {}
+        self._streams: dict[str, StreamSlot] = {}
+        self._clients: dict[int, Client] = {}
         self._client_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._encoder: asyncio.Task[None] | None = None
@@ -282,14 +148,14 @@ class ViewerHub:
         if self._clients:
             self._wake.set()
 
-    def _add_stream(self, stream_id: str) -> _Stream | None:
+    def _add_stream(self, stream_id: str) -> StreamSlot | None:
         if len(self._streams) >= MAX_STREAMS:
             if self._counts["streams_rejected"] == 0:
                 log.warning("viewer: more than %d streams; ignoring %r and any later new ones",
                             MAX_STREAMS, stream_id)  # fmt: skip
             self._counts["streams_rejected"] += 1
             return None
-        stream = self._streams[stream_id] = _Stream()
+        stream = self._streams[stream_id] = StreamSlot()
         return stream
 
     # ---------------------------------------------------------------- lifecycle
@@ -407,7 +273,7 @@ class ViewerHub:
     def _fan_out(self, stream_id: str, packets: dict[int, bytes]) -> None:
         # The same bytes object goes to every client of a tier: fan-out costs no copies.
         for client in self._clients.values():
-            if client.deliver(stream_id, _nearest(packets, client.tier)):
+            if client.deliver(stream_id, nearest(packets, client.tier)):
                 self._counts["superseded"] += 1
 
     # ---------------------------------------------------------------- clients
@@ -427,7 +293,7 @@ class ViewerHub:
                 self._counts["clients_rejected"] += 1
             await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"viewer unavailable")
             return
-        client = _Client(next(self._client_ids), ws, transport, peer)
+        client = Client(next(self._client_ids), ws, transport, peer)
         # The slot is taken now (a burst of new viewers must see it); frames may wait in the
         # mailbox, but the sender starts after the hello: no frame may precede it.
         self._clients[client.client_id] = client
@@ -469,7 +335,7 @@ class ViewerHub:
         self._evict(stalled, "full; stalled")
         return True
 
-    def _evict(self, client: _Client, why: str) -> None:
+    def _evict(self, client: Client, why: str) -> None:
         """Drop a client now, without waiting for it (it may never read again): its slot is free
         at once; its handler ends when the aborted socket reports the loss."""
         if self._clients.pop(client.client_id, None) is None:
@@ -482,97 +348,47 @@ class ViewerHub:
         if client.transport is not None:
             client.transport.abort()
 
-    def _register(self, client: _Client) -> None:
+    def _register(self, client: Client) -> None:
         self._counts["clients_total"] += 1
         client.tier_since = asyncio.get_running_loop().time()
         client.task = asyncio.get_running_loop().create_task(
-            self._send_loop(client), name=f"{TASK_PREFIX}send-{client.client_id}"
+            client.send_loop(
+                self._send_deadline_s,
+                on_sent=functools.partial(self._sent, client),
+                on_stuck=functools.partial(self._evict, client, f"took no data for {self._send_deadline_s:g} s"),
+            ),
+            name=f"{TASK_PREFIX}send-{client.client_id}",
         )
         for stream_id, stream in self._streams.items():
             # Show something at once; a pending (newer) frame will follow from the encoder.
             if stream.last_packets and stream.pending is None:
-                client.deliver(stream_id, _nearest(stream.last_packets, client.tier))
+                client.deliver(stream_id, nearest(stream.last_packets, client.tier))
         self._wake.set()
 
-    async def _send_loop(self, client: _Client) -> None:
-        while True:
-            await client.wake.wait()
-            client.wake.clear()
-            while client.mailbox:
-                stream_id, packet = client.take()
-                lagging, client.replaced = client.replaced, False
-                client.in_flight = 1
-                started = client.blocked_since = asyncio.get_running_loop().time()
-                try:
-                    async with asyncio.timeout(self._send_deadline_s):
-                        await client.ws.send_bytes(packet)
-                except TimeoutError:
-                    self._evict(client, f"took no data for {self._send_deadline_s:g} s")
-                    return
-                except (ConnectionError, RuntimeError) as exc:  # peer gone; serve_client cleans up
-                    log.debug("viewer: client %d send failed: %s", client.client_id, exc)
-                    return
-                finally:
-                    client.in_flight = 0
-                    client.blocked_since = None
-                client.sent += 1
-                self._counts["frames_sent"] += 1
-                self._adapt(client, stream_id, started, lagging)
+    def _sent(self, client: Client, stream_id: str, started: float, lagging: bool) -> None:
+        self._counts["frames_sent"] += 1
+        self._adapt(client, stream_id, started, lagging)
 
-    def _adapt(self, client: _Client, stream_id: str, started: float, lagging: bool) -> None:
+    def _adapt(self, client: Client, stream_id: str, started: float, lagging: bool) -> None:
         """Move ``client`` down a quality tier when its socket backs up, up again when it keeps up.
         ``lagging``: a frame waiting for this send was replaced (the client fell a frame behind)."""
         now = asyncio.get_running_loop().time()
         stream = self._streams.get(stream_id)
         period = max(stream.period_s if stream is not None else DEFAULT_FRAME_PERIOD_S, MIN_FRAME_PERIOD_S)
-        if lagging or now - started > period:
-            client.slow_sends += 1
-            client.last_slow = now
-            if client.slow_sends >= TIER_DOWN_AFTER and client.tier < len(self._qualities) - 1:
-                self._set_tier(client, client.tier + 1, now, "tier_down")
+        tier = client.next_tier(now, started, period, lagging, len(self._qualities))
+        if tier is None:
             return
-        client.slow_sends = 0
-        if client.tier > 0 and now - max(client.last_slow, client.tier_since) >= TIER_UP_AFTER_S:
-            self._set_tier(client, client.tier - 1, now, "tier_up")
-
-    def _set_tier(self, client: _Client, tier: int, now: float, counter: str) -> None:
         log.debug("viewer: client %d: JPEG quality %d -> %d", client.client_id, self._qualities[client.tier],
                   self._qualities[tier])
-        client.tier = tier
-        client.tier_since = now
-        client.slow_sends = 0
-        client.tier_changes += 1
+        counter = "tier_down" if tier > client.tier else "tier_up"
+        client.set_tier(tier, now)
         self._counts[counter] += 1
 
-    async def _drop_client(self, client: _Client, code: int) -> None:
+    async def _drop_client(self, client: Client, code: int) -> None:
         if self._clients.pop(client.client_id, None) is None:
             return  # already dropped (close() and the handler's finally race)
         client.mailbox.clear()
         if client.task is not None:
             client.task.cancel()
             await asyncio.gather(client.task, return_exceptions=True)
-        await self._close_socket(client, code)
-
-    async def _close_socket(self, client: _Client, code: int) -> None:
-        transport = client.transport
-        if client.ws.closed:
-            # Closed by aiohttp (e.g. no pong in time): its plain close() keeps the socket until
-            # the unsent backlog drains, which for a client that stopped reading is never.
-            if transport is not None and transport.get_write_buffer_size() > 0:
-                transport.abort()
-            return
-        with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-            # drain=False: a client that stopped reading would otherwise hold close() forever.
-            await asyncio.wait_for(client.ws.close(code=code, drain=False), CLOSE_TIMEOUT_S)
-        if transport is not None:
-            # A plain close() keeps the socket until its unread backlog drains, which
-            # for a stalled client is never; abort frees it now.
-            transport.abort()
-
-
-def _nearest(packets: dict[int, bytes], tier: int) -> bytes:
-    """The packet of ``tier``, else of the nearest tier encoded (a client's tier may change mid-encode)."""
-    packet = packets.get(tier)
-    if packet is not None:
-        return packet
-    return packets[min(packets, key=lambda t: (abs(t - tier), t))]
+        await client.close_socket(code)
