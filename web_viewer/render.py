@@ -82,12 +82,8 @@ def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     return max_width, max(1, round(height * scale))
 
 
-def render_overlay(image: np.ndarray, mask: np.ndarray, *, alpha: float, max_width: int) -> np.ndarray:
-    """HxWx3 RGB image + category mask -> downscaled RGB blend of image and mask colours.
-
-    Downscale first so the blend touches as few pixels as possible; the mask may
-    be at model resolution, it is resized (nearest, ids must not mix) to the output.
-    """
+def _resized(image: np.ndarray, mask: np.ndarray, max_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Check the inputs; the image (area) and the mask (nearest: ids must not mix) at the output size."""
     _check_inputs(image, mask)
     height, width = image.shape[:2]
     out_w, out_h = output_size(width, height, max_width)
@@ -95,6 +91,16 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, *, alpha: float, max_wid
         image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
     if mask.shape != (out_h, out_w):
         mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+def render_overlay(image: np.ndarray, mask: np.ndarray, *, alpha: float, max_width: int) -> np.ndarray:
+    """HxWx3 RGB image + category mask -> downscaled RGB blend of image and mask colours.
+
+    Downscale first so the blend touches as few pixels as possible; the mask may
+    be at model resolution, it is resized (nearest, ids must not mix) to the output.
+    """
+    image, mask = _resized(image, mask, max_width)
     colours = _PALETTE_256[mask]
     return cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
 
@@ -197,13 +203,7 @@ class RenderedFrame:
 
 def wire_images(image: np.ndarray, mask: np.ndarray, max_width: int) -> tuple[np.ndarray, np.ndarray]:
     """The camera image (RGB) and the category ids at the output size (nearest: ids must not mix)."""
-    _check_inputs(image, mask)
-    height, width = image.shape[:2]
-    out_w, out_h = output_size(width, height, max_width)
-    if (out_w, out_h) != (width, height):
-        image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    if mask.shape != (out_h, out_w):
-        mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+    image, mask = _resized(image, mask, max_width)
     if mask.size and int(mask.max()) >= NUM_CLASSES:
         mask = _ID_256[mask]
     return image, mask

@@ -22,27 +22,7 @@
   const predictionPanel = document.getElementById("panel-prediction");
   const truthPanel = document.getElementById("panel-truth");
   let imageUrl = null; // the blob URL of the shown upload, revoked when replaced
-  const token = takeToken();
-
-  // The viewer token, as the live page keeps it (README, "Viewer security"): ?token= in this
-  // page's URL, else the one the live page stored for this tab; sent as a Bearer header. Without
-  // either, the cookie a ?token= URL set (or a loopback viewer that needs none) lets us in.
-  function takeToken() {
-    const url = new URL(location.href);
-    const fromUrl = url.searchParams.get("token");
-    let stored = null;
-    try {
-      if (fromUrl) sessionStorage.setItem("roadseg-token", fromUrl);
-      stored = sessionStorage.getItem("roadseg-token");
-    } catch (err) {
-      // storage disabled: the URL's token (and the cookie) still serve this page
-    }
-    if (fromUrl) {
-      url.searchParams.delete("token");
-      history.replaceState(history.state, "", url.pathname + url.search + url.hash);
-    }
-    return fromUrl || stored;
-  }
+  const token = takeToken(); // auth.js
 
   function setState(state, text) {
     document.body.dataset.state = state;

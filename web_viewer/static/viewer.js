@@ -39,29 +39,8 @@
   let opacity = Number(opacityEl.value) / 100;
   let opacityTouched = false; // the user moved the slider: a reconnect's hello does not reset it
   let focused = null; // stream id shown large, or null: the grid
-  const token = takeToken();
+  const token = takeToken(); // auth.js
   const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
-
-  // The viewer token (README, "Viewer security"): the URL printed at start carries ?token=.
-  // Kept for this tab only (sessionStorage), taken out of the address bar (no bookmark or
-  // screen share shows it), and sent with every request: in the query of the WebSocket
-  // (browsers cannot set its headers), as a Bearer header on API calls.
-  function takeToken() {
-    const url = new URL(location.href);
-    const fromUrl = url.searchParams.get("token");
-    let stored = null;
-    try {
-      if (fromUrl) sessionStorage.setItem("roadseg-token", fromUrl);
-      stored = sessionStorage.getItem("roadseg-token");
-    } catch (err) {
-      // storage disabled: the URL's token still serves this page load (and the cookie the server set)
-    }
-    if (fromUrl) {
-      url.searchParams.delete("token");
-      history.replaceState(history.state, "", url.pathname + url.search + url.hash);
-    }
-    return fromUrl || stored;
-  }
 
   function setStatus(state, text) {
     statusEl.dataset.state = state;
