@@ -29,12 +29,14 @@ import numpy as np
 from decision_bridge.schema import MAX_CLASSES, ZLIB_LEVEL, Encoding, decode_layer
 from decision_bridge.wire import (
     SchemaError,
-    check_scalars,
     check_schema,
+    check_stream_header,
+    check_topic,
     dump_json,
-    frame_bytes,
     load_json,
+    split_message,
     take,
+    take_enum,
     take_list,
 )
 
@@ -46,6 +48,7 @@ BEV_MESSAGE_PARTS = 4
 UNKNOWN_ID = 255
 VEHICLE_FRAME = "vehicle"  # ISO 8855: x forward, y left, z up, origin on the road (the camera file's)
 MAX_CELLS = 4096  # per side
+_PART_NAMES = ("topic", "header", "classes", "road")  # BEV_MESSAGE_PARTS of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +115,9 @@ def _encode_grid(grid: np.ndarray, encoding: Encoding) -> bytes:
 
 def decode_bev(parts: Sequence[bytes]) -> BevMessage:
     """Four received frames -> :class:`BevMessage`; :class:`SchemaError` says what is wrong."""
-    if len(parts) != BEV_MESSAGE_PARTS:
-        raise SchemaError(f"expected {BEV_MESSAGE_PARTS} parts [topic, header, classes, road] for a bev message, "
-                          f"got {len(parts)}")
-    topic, raw, classes_bytes, road_bytes = (frame_bytes(i, p) for i, p in enumerate(parts))
+    topic, raw, classes_bytes, road_bytes = split_message(parts, _PART_NAMES, "bev")
     header = bev_header_from_json(load_json(raw))
-    if topic != bev_topic(header.stream_id):
-        raise SchemaError(f"topic {topic[:64]!r} does not match bev of {header.stream_id!r}")
+    check_topic(topic, bev_topic(header.stream_id), "bev", header.stream_id)
     classes = _decode_grid(classes_bytes, header, "classes")
     if classes[classes != UNKNOWN_ID].max(initial=0) >= len(header.classes):
         raise SchemaError(f"classes grid holds an id >= {len(header.classes)} classes (and not {UNKNOWN_ID})")
@@ -141,11 +140,7 @@ def _decode_grid(payload: bytes, header: BevHeader, what: str) -> np.ndarray:
 
 def bev_header_from_json(obj: Mapping[str, Any]) -> BevHeader:
     check_schema(obj, BEV_SCHEMA_NAME, SUPPORTED_BEV_VERSIONS)
-    encoding = take(obj, "encoding", str)
-    try:
-        enc = Encoding(encoding)
-    except ValueError:
-        raise SchemaError(f"field encoding: unsupported {encoding!r}") from None
+    enc = take_enum(obj, "encoding", Encoding)
     header = BevHeader(
         stream_id=take(obj, "stream_id", str), run_id=take(obj, "run_id", str), seq=take(obj, "seq", int),
         capture_mono_ns=take(obj, "capture_mono_ns", int), capture_wall_ns=take(obj, "capture_wall_ns", int),
@@ -162,11 +157,7 @@ def bev_header_from_json(obj: Mapping[str, Any]) -> BevHeader:
 
 
 def _check(h: BevHeader) -> None:
-    check_scalars(h, "")
-    if not h.stream_id:
-        raise SchemaError("field stream_id must not be empty")
-    if h.seq < 0:
-        raise SchemaError(f"field seq must be >= 0, got {h.seq}")
+    check_stream_header(h)
     for name in ("cells_x", "cells_y"):
         if not 0 < getattr(h, name) <= MAX_CELLS:
             raise SchemaError(f"field {name} out of range (1..{MAX_CELLS}), got {getattr(h, name)}")

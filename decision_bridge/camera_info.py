@@ -19,7 +19,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from decision_bridge.wire import SchemaError, check_scalars, check_schema, dump_json, frame_bytes, load_json, take
+from decision_bridge.wire import (
+    SchemaError,
+    check_scalars,
+    check_schema,
+    check_topic,
+    dump_json,
+    load_json,
+    split_message,
+    take,
+)
 
 CAMERA_SCHEMA_NAME = "roadseg.camera_info"
 CAMERA_SCHEMA_VERSION = 1
@@ -69,18 +78,14 @@ def encode_camera_info(header: CameraInfoHeader, camera_json: bytes) -> list[byt
 def decode_camera_info(parts: Sequence[bytes]) -> CameraInfo:
     """Three received frames -> :class:`CameraInfo`; :class:`SchemaError` says what is wrong (a camera
     frame that does not hash to ``camera_hash`` included)."""
-    if len(parts) != CAMERA_MESSAGE_PARTS:
-        raise SchemaError(f"expected {CAMERA_MESSAGE_PARTS} parts [topic, header, camera] for a camera message, "
-                          f"got {len(parts)}")
-    topic, raw, body = (frame_bytes(i, p) for i, p in enumerate(parts))
+    topic, raw, body = split_message(parts, ("topic", "header", "camera"), "camera")
     obj = load_json(raw)
     check_schema(obj, CAMERA_SCHEMA_NAME, SUPPORTED_CAMERA_VERSIONS)
     header = CameraInfoHeader(
         stream_id=take(obj, "stream_id", str), run_id=take(obj, "run_id", str),
         camera_hash=take(obj, "camera_hash", str), period_ms=take(obj, "period_ms", float),
         publish_mono_ns=take(obj, "publish_mono_ns", int), publish_wall_ns=take(obj, "publish_wall_ns", int))
-    if not header.stream_id or topic != camera_topic(header.stream_id):
-        raise SchemaError(f"topic {topic[:64]!r} does not match camera of {header.stream_id!r}")
+    check_topic(topic, camera_topic(header.stream_id), "camera", header.stream_id)
     if len(body) > MAX_CAMERA_BYTES:
         raise SchemaError(f"camera JSON is {len(body)} bytes, limit {MAX_CAMERA_BYTES}")
     if camera_hash(body) != header.camera_hash:

@@ -23,11 +23,12 @@ from typing import Any
 
 from decision_bridge.wire import (
     SchemaError,
-    check_scalars,
     check_schema,
+    check_stream_header,
+    check_topic,
     dump_json,
-    frame_bytes,
     load_json,
+    split_message,
     take,
     take_optional,
 )
@@ -115,13 +116,9 @@ def is_stream_topic(topic: bytes) -> bool:
 
 def decode_report(parts: Sequence[bytes]) -> StreamReport:
     """Two received frames -> :class:`StreamReport`; :class:`SchemaError` says what is wrong."""
-    if len(parts) != STREAM_MESSAGE_PARTS:
-        raise SchemaError(f"expected {STREAM_MESSAGE_PARTS} parts [topic, body] for a stream message, "
-                          f"got {len(parts)}")
-    topic, raw = (frame_bytes(i, p) for i, p in enumerate(parts))
+    topic, raw = split_message(parts, ("topic", "body"), "stream")
     report = report_from_json(load_json(raw))
-    if topic != stream_topic(report.kind, report.stream_id):
-        raise SchemaError(f"topic {topic[:64]!r} does not match {report.kind.value} of {report.stream_id!r}")
+    check_topic(topic, stream_topic(report.kind, report.stream_id), report.kind.value, report.stream_id)
     return report
 
 
@@ -156,11 +153,7 @@ def report_from_json(obj: Any) -> StreamReport:
 
 def _check(r: StreamReport) -> None:
     """Invariants checked on both sides."""
-    check_scalars(r, "")  # every string valid Unicode, every integer signed 64-bit
-    if not r.stream_id:
-        raise SchemaError("field stream_id must not be empty")
-    if r.last_seq < -1:
-        raise SchemaError(f"field last_seq must be >= -1, got {r.last_seq}")
+    check_stream_header(r, seq_field="last_seq", min_seq=-1)
     for name in ("published", "dropped", "reconnects"):
         if getattr(r, name) < 0:
             raise SchemaError(f"field {name} must be >= 0, got {getattr(r, name)}")

@@ -27,12 +27,14 @@ import numpy as np
 from decision_bridge.schema import Encoding, decode_layer, encode_mask
 from decision_bridge.wire import (
     SchemaError,
-    check_scalars,
     check_schema,
+    check_stream_header,
+    check_topic,
     dump_json,
-    frame_bytes,
     load_json,
+    split_message,
     take,
+    take_enum,
     take_list,
 )
 
@@ -42,6 +44,7 @@ SUPPORTED_ROAD_VERSIONS: tuple[int, ...] = (ROAD_SCHEMA_VERSION,)
 ROAD_PREFIX = b"road/"
 ROAD_MESSAGE_PARTS = 4
 FREE_ROWS_DTYPE = np.dtype("<u2")
+_PART_NAMES = ("topic", "header", "free_rows", "road")  # ROAD_MESSAGE_PARTS of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +98,9 @@ def encode_road(header: RoadHeader, free_rows: np.ndarray, road: np.ndarray) -> 
 
 def decode_road(parts: Sequence[bytes]) -> RoadMessage:
     """Four received frames -> :class:`RoadMessage`; :class:`SchemaError` says what is wrong."""
-    if len(parts) != ROAD_MESSAGE_PARTS:
-        raise SchemaError(f"expected {ROAD_MESSAGE_PARTS} parts [topic, header, free_rows, road] for a road "
-                          f"message, got {len(parts)}")
-    topic, raw, rows_bytes, payload = (frame_bytes(i, p) for i, p in enumerate(parts))
+    topic, raw, rows_bytes, payload = split_message(parts, _PART_NAMES, "road")
     header = road_header_from_json(load_json(raw))
-    if topic != road_topic(header.stream_id):
-        raise SchemaError(f"topic {topic[:64]!r} does not match road of {header.stream_id!r}")
+    check_topic(topic, road_topic(header.stream_id), "road", header.stream_id)
     if len(rows_bytes) != header.width * FREE_ROWS_DTYPE.itemsize:
         raise SchemaError(f"free_rows is {len(rows_bytes)} bytes, expected {header.width} uint16 values")
     rows = np.frombuffer(rows_bytes, FREE_ROWS_DTYPE)
@@ -115,11 +114,7 @@ def decode_road(parts: Sequence[bytes]) -> RoadMessage:
 
 def road_header_from_json(obj: Mapping[str, Any]) -> RoadHeader:
     check_schema(obj, ROAD_SCHEMA_NAME, SUPPORTED_ROAD_VERSIONS)
-    encoding = take(obj, "encoding", str)
-    try:
-        enc = Encoding(encoding)
-    except ValueError:
-        raise SchemaError(f"field encoding: unsupported {encoding!r}") from None
+    enc = take_enum(obj, "encoding", Encoding)
     header = RoadHeader(
         stream_id=take(obj, "stream_id", str), run_id=take(obj, "run_id", str), seq=take(obj, "seq", int),
         capture_mono_ns=take(obj, "capture_mono_ns", int), publish_mono_ns=take(obj, "publish_mono_ns", int),
@@ -134,11 +129,7 @@ def road_header_from_json(obj: Mapping[str, Any]) -> RoadHeader:
 
 
 def _check(h: RoadHeader) -> None:
-    check_scalars(h, "")
-    if not h.stream_id:
-        raise SchemaError("field stream_id must not be empty")
-    if h.seq < 0:
-        raise SchemaError(f"field seq must be >= 0, got {h.seq}")
+    check_stream_header(h)
     for name in ("height", "width", "layer_height", "layer_width"):
         if not 0 < getattr(h, name) <= MAX_ROAD_SIDE:
             raise SchemaError(f"field {name} out of range (1..{MAX_ROAD_SIDE}), got {getattr(h, name)}")

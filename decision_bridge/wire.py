@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+
+E = TypeVar("E", bound=Enum)
 
 
 class SchemaError(ValueError):
@@ -267,6 +270,43 @@ def check_schema(obj: Mapping[str, Any], name: str, supported: tuple[int, ...]) 
         raise SchemaError(f"unsupported {name} version {version} "
                           f"(this decoder supports: {', '.join(map(str, supported))})")
     return version
+
+
+# ---------------------------------------------------------------- shared by the message modules
+
+
+def split_message(parts: Sequence[bytes], names: Sequence[str], what: str) -> list[bytes]:
+    """The frames of a ``what`` message as bytes, after checking there are as many as ``names``."""
+    if len(parts) != len(names):
+        raise SchemaError(f"expected {len(names)} parts [{', '.join(names)}] for a {what} message, "
+                          f"got {len(parts)}")
+    return [_frame_bytes(i, p) for i, p in enumerate(parts)]
+
+
+def check_topic(topic: bytes, expected: bytes, what: str, stream_id: str) -> None:
+    """The received topic must be the one the header names (``expected``, of a non-empty stream id)."""
+    if not stream_id or topic != expected:
+        raise SchemaError(f"topic {topic[:64]!r} does not match {what} of {stream_id!r}")
+
+
+def check_stream_header(header: Any, *, seq_field: str = "seq", min_seq: int = 0) -> None:
+    """Invariants of every per-stream header: its scalars (:func:`check_scalars`), a non-empty
+    ``stream_id``, and its sequence number ``seq_field`` at least ``min_seq``."""
+    _check_scalars(header, "")  # every string valid Unicode, every integer signed 64-bit
+    if not header.stream_id:
+        raise SchemaError("field stream_id must not be empty")
+    seq = getattr(header, seq_field)
+    if seq < min_seq:
+        raise SchemaError(f"field {seq_field} must be >= {min_seq}, got {seq}")
+
+
+def take_enum(obj: Mapping[str, Any], name: str, kind: type[E]) -> E:
+    """String field ``name`` as a member of ``kind``; SchemaError for a value it does not have."""
+    value = _take(obj, name, str)
+    try:
+        return kind(value)
+    except ValueError:
+        raise SchemaError(f"field {name}: unsupported {value!r}") from None
 
 
 # Public names for the message modules (the underscored ones stay the implementation).
