@@ -109,6 +109,8 @@ def test_each_frame_counts_once_and_failed_drives_stay_out_of_the_overall():
 def test_throughput_timeline_counts_every_frame():
     timeline = throughput_timeline([0.0, 0.5, 1.0, 9.9, 10.0], 0.0, bins=10)
     assert len(timeline) == 10 and sum(rate * 1.0 for _, rate in timeline) == pytest.approx(5)
+    short = throughput_timeline([0.0, 0.2, 0.3], 0.0)  # one bin of at least a second
+    assert short == [[1.0, 3.0]]
 
 
 def test_plan_fits_actors_to_the_cluster():
@@ -154,3 +156,38 @@ def test_fleet_modules_import_without_ray():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                             cwd=Path(REPO))
     assert result.returncode == 0, result.stderr
+
+
+def test_fleet_benchmark_ratios_and_confusion_checks():
+    import argparse
+
+    from benchmarks.fleet import summarize
+
+    cm = [[1, 0], [0, 1]]
+
+    def fleet(rate, actors, cpus):
+        return {"kind": "fleet", "frames": 30, "frames_per_s": rate, "startup_s": 9.0, "latency_ms_p50": 900.0,
+                "actor_frames_per_s_busy": [rate / actors] * actors, "drive_confusion": cm, "failed_drives": 0,
+                "actors": actors, "cpus_per_actor": cpus}
+
+    samples = {
+        "eval 1 thread": [{"kind": "eval", "frames": 30, "frames_per_s": 1.0, "confusion": cm}],
+        "eval 2 threads": [{"kind": "eval", "frames": 30, "frames_per_s": 1.5, "confusion": cm}],
+        "fleet 1x1CPU": [fleet(0.95, 1, 1.0)],
+        "fleet 2x1CPU": [fleet(1.7, 2, 1.0)],
+        "fleet 1x2CPU": [fleet(1.4, 1, 2.0)],
+    }
+    args = argparse.Namespace(model="demo", size=(256, 128), backend="torch", precision="fp32", rounds=1)
+    results = summarize(samples, args, 2, gpu=False)
+    assert results["ratios"]["scaling_2_actors_over_1"] == pytest.approx(1.7 / 0.95, abs=1e-3)
+    assert results["ratios"]["per_actor_1cpu_over_eval_1_thread"] == 0.95
+    assert results["targets"][0]["met"]
+    same = results["same_confusion"]
+    assert same["fleet_1cpu_actors_vs_eval_1_thread"] and same["fleet_2cpu_actor_vs_eval_2_threads"]
+    assert same["eval_1_thread_vs_eval_all_threads_pixels_apart"] == 0
+    gpu = summarize({"fleet 1x1GPU": [fleet(100.0, 1, 1.0)], "fleet 4x1GPU": [fleet(380.0, 4, 1.0)],
+                     "eval cuda": [{"kind": "eval", "frames": 30, "frames_per_s": 105.0, "confusion": cm}]},
+                    args, 16, gpu=True)
+    assert gpu["ratios"] == {"scaling_1_actors_over_1": 1.0, "scaling_4_actors_over_1": 3.8,
+                             "per_actor_1gpu_over_eval": 0.952}
+    assert gpu["targets"][0]["met"]

@@ -203,13 +203,15 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
             "max": round(float(array.max()), 3)}
 
 
-def throughput_timeline(done_at: list[float], start: float, bins: int = TIMELINE_BINS) -> list[list[float]]:
-    """[[seconds since start (bin end), frames/s in the bin]...] over the run."""
+def throughput_timeline(done_at: list[float], start: float, bins: int = TIMELINE_BINS,
+                        min_bin_s: float = 1.0) -> list[list[float]]:
+    """[[seconds since start (bin end), frames/s in the bin]...] over the run: at most ``bins`` bins,
+    none shorter than ``min_bin_s`` (a rate over a few milliseconds says nothing)."""
     if not done_at:
         return []
-    end = max(done_at)
-    span = max(end - start, 1e-6)
-    width = span / bins
+    span = max(max(done_at) - start, 1e-6)
+    width = max(span / bins, min_bin_s)
+    bins = max(1, math.ceil(span / width))
     counts = np.bincount(np.minimum(((np.asarray(done_at) - start) / width).astype(int), bins - 1).clip(0),
                          minlength=bins)
     return [[round((i + 1) * width, 3), round(float(c) / width, 3)] for i, c in enumerate(counts)]

@@ -137,6 +137,9 @@ class SegmentActor:
     def __init__(self, *, model_spec: str, checkpoint: bytes | None, checkpoint_name: str, backend: str,
                  device: str, precision: str, size: tuple[int, int] | None, batch: int, threads: int,
                  drive_names: list[str], masks: str | None, panels: int, road: bool) -> None:
+        # As roadseg's own commands: OpenMP threads that sleep instead of spinning when idle, so the
+        # decode tasks beside this actor do not stall its torch threads (before torch loads OpenMP).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
         from models.backends.registry import create_backend
