@@ -37,7 +37,7 @@ CITY_FRAMES = 3
 VIDEO_FRAMES = 4
 VIDEOS = ("videos/highway_solid_white_right.mp4", "videos/highway_vehicles.mp4")
 NODE_STORE = 100 * 2**20  # object store per node
-KILL_RUN_VIDEO_FRAMES = 80  # enough work left after the first result arrives for the kill to land mid-run
+KILL_RUN_VIDEO_FRAMES = 150  # enough work left after the first result arrives for the kill to land mid-run
 
 
 def _ray():
