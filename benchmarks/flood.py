@@ -48,7 +48,7 @@ RSS_SAMPLE_S = 0.02
 # the amount varies run to run) and is flat from about the 50th on: the flood and the memory
 # baseline start after this many masks, so that growth is not mistaken for the flood's.
 SETTLED_MASKS = 60
-FRAMES = 200
+FRAMES = 150
 FLOODER_NICE = 19
 FIELDS = ("fps", "rss_growth_mb", "max_loop_stall_s", "refused", "flooder_cpu_s")
 

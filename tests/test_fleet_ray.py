@@ -67,7 +67,7 @@ def _ray_processes() -> dict[int, str]:
     return found
 
 
-def _left_running(before: dict[int, str], timeout_s: float = 15.0) -> list[str]:
+def _left_running(before: dict[int, str], timeout_s: float = 45.0) -> list[str]:
     """Ray processes started since ``before`` that are still alive after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
