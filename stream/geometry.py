@@ -31,6 +31,7 @@ from decision_bridge.bev import BevHeader, encode_bev
 from decision_bridge.schema import MaskHeader
 from models.classes import PALETTE, Category
 from models.errors import UnreadableImage
+from stream.per_stream import per_stream_paths
 from stream.sources import SourceOptions, is_live_spec
 from stream.sources.limits import FrameLimits
 from stream.void_mask import VoidMask
@@ -47,14 +48,8 @@ class StreamCamera:
 
 def parse_camera_specs(specs: Sequence[str]) -> tuple[StreamCamera, ...]:
     """``STREAM=FILE`` items -> loaded, checked camera files; errors (ValueError) name the item."""
-    cameras: dict[str, StreamCamera] = {}
-    for spec in specs:
-        stream_id, sep, path = spec.partition("=")
-        if not sep or not stream_id or not path:
-            raise CameraFileError(f"--camera {spec!r}: expected STREAM=FILE, e.g. front=camera.json")
-        if stream_id in cameras:
-            raise CameraFileError(f"--camera {spec!r}: stream {stream_id!r} already has a camera file")
-        cameras[stream_id] = StreamCamera(stream_id, load_camera(path))
+    paths = per_stream_paths(specs, "--camera", "front=camera.json", CameraFileError)
+    cameras = {stream_id: StreamCamera(stream_id, load_camera(path)) for stream_id, path in paths.items()}
     return tuple(cameras.values())
 
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from models.classes import Category
+from stream.per_stream import per_stream_paths
 
 
 class VoidMaskError(ValueError):
@@ -50,13 +51,8 @@ class VoidMask:
 def parse_void_masks(specs: tuple[str, ...]) -> dict[str, VoidMask]:
     """``STREAM=PATH`` items -> loaded masks; errors name the item."""
     masks: dict[str, VoidMask] = {}
-    for spec in specs:
-        stream_id, sep, path = spec.partition("=")
-        if not sep or not stream_id or not path:
-            raise VoidMaskError(f"void mask {spec!r}: expected STREAM=PATH, e.g. front=bonnet.png")
-        if stream_id in masks:
-            raise VoidMaskError(f"void mask {spec!r}: stream {stream_id!r} already has a mask")
+    for stream_id, path in per_stream_paths(specs, "void mask", "front=bonnet.png", VoidMaskError).items():
         if not Path(path).is_file():
-            raise VoidMaskError(f"void mask {spec!r}: no such file {path}")
+            raise VoidMaskError(f"void mask {stream_id + '=' + path!r}: no such file {path}")
         masks[stream_id] = VoidMask(Path(path))
     return masks
