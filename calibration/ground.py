@@ -113,22 +113,21 @@ def undistort_points(camera: CameraModel, pixels: np.ndarray) -> np.ndarray:
 
 def ground_to_image(plane: GroundPlane, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground points (N x 2, metres) -> (rectified pixels N x 2, in front of the camera: N bool)."""
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    uvw = plane.H @ np.column_stack([xy, np.ones(len(xy))]).T
-    front = uvw[2] > 1e-12
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (uvw[:2] / np.where(front, uvw[2], np.nan)).T
-    return uv, front
+    return _project(plane.H, xy)
 
 
 def image_to_ground(plane: GroundPlane, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rectified pixels (N x 2) -> (ground points N x 2 in metres, below the horizon: N bool)."""
-    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
-    xys = plane.H_inv @ np.column_stack([uv, np.ones(len(uv))]).T
-    ground = xys[2] > 1e-12
+    return _project(plane.H_inv, uv)
+
+
+def _project(H: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N x 2 points through the homography ``H`` -> (N x 2, NaN where w <= 0; w > 0 as N bool)."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    projected = H @ np.column_stack([points, np.ones(len(points))]).T
+    valid = projected[2] > 1e-12
     with np.errstate(divide="ignore", invalid="ignore"):
-        xy = (xys[:2] / np.where(ground, xys[2], np.nan)).T
-    return xy, ground
+        return (projected[:2] / np.where(valid, projected[2], np.nan)).T, valid
 
 
 def read_point_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
