@@ -174,8 +174,9 @@ async def test_websocket_needs_the_token() -> None:
 
 async def test_probes_and_static_files_are_public() -> None:
     async with serve(security=ViewerSecurity(token=TOKEN)) as (_, _, url), aiohttp.ClientSession() as session:
+        # protocol.js: a module viewer.js imports; a module import carries no ?token= of its own.
         for path, status in (("/healthz", 200), ("/readyz", 503), ("/static/viewer.js", 200),
-                             ("/static/favicon.svg", 200)):
+                             ("/static/protocol.js", 200), ("/static/favicon.svg", 200)):
             async with session.get(url + path) as resp:
                 assert resp.status == status, path
 
@@ -482,7 +483,9 @@ async def test_access_log_is_debug_only_and_never_shows_the_token(caplog: pytest
 
 
 async def test_page_with_token_in_headless_chromium(tmp_path: Path) -> None:
-    from tests.test_web_viewer import chromium_page, offer_forever, wait_for_new_frames
+    import cv2
+
+    from tests.test_web_viewer import chromium_page, offer_forever, wait_for_new_frames, wait_for_page
 
     async with serve(security=ViewerSecurity(token=TOKEN)) as (hub, server, _):
         feeder = asyncio.create_task(offer_forever(hub))
@@ -496,6 +499,16 @@ async def test_page_with_token_in_headless_chromium(tmp_path: Path) -> None:
                 await asyncio.sleep(1.5)  # a status poll (every second)
                 address = await page.evaluate("() => location.href")
                 stored = await page.evaluate("() => sessionStorage.getItem('roadseg-token')")
+                live_errors = list(errors)
+                # The upload page of the same tab (its HTML served by the cookie) takes the stored token.
+                picture = tmp_path / "tiny.png"
+                picture.write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+                await page.click("a.navlink")
+                await page.wait_for_selector("#upload")
+                await page.set_input_files("#image", str(picture))
+                await page.click("#submit")
+                await wait_for_page(page, "() => document.body.dataset.state === 'error'")
+                message = await page.inner_text("#message")
         finally:
             feeder.cancel()
     assert "token" not in address and stored == TOKEN  # out of the address bar, kept for the tab
@@ -504,7 +517,12 @@ async def test_page_with_token_in_headless_chromium(tmp_path: Path) -> None:
     for api in ("/api/streams", "/api/telemetry"):
         polls = [auth for url, auth in sent if url.endswith(api)]
         assert polls and all(auth == f"Bearer {TOKEN}" for auth in polls), sent
-    assert not errors, errors
+    # The modules viewer.js imports load without a token (static files are public).
+    assert any(url.endswith("/static/protocol.js") and auth is None for url, auth in sent), sent
+    assert not live_errors, live_errors
+    # Past the token check: this server has no model (503), it did not refuse the page (401).
+    assert "no model" in message, message
+    assert [auth for url, auth in sent if url.endswith("/api/segment?format=json&images=1")] == [f"Bearer {TOKEN}"]
 
 
 # ---------------------------------------------------------------- CLI

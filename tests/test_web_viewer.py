@@ -25,6 +25,7 @@ import pytest_asyncio
 from models.classes import CLASS_NAMES, PALETTE, Category
 from web_viewer import BindError, ViewerError, ViewerHub, ViewerServer, parse_bind, unpack_frame
 from web_viewer import clients as clients_module
+from web_viewer.app import STATIC_DIR
 from web_viewer.hub import TASK_PREFIX
 from web_viewer.render import MAX_HEADER_BYTES, render_frame, render_packet
 
@@ -372,11 +373,14 @@ async def test_http_endpoints(viewer: tuple[ViewerHub, CountingExecutor, str]) -
             assert resp.status == 200 and await resp.json() == {"ok": True, "clients": 0, "streams": 1}
         async with session.get(f"{url}/") as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
-            assert "/static/viewer.js" in await resp.text()
+            assert '<script type="module" src="/static/viewer.js">' in await resp.text()
             assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
-        for name, kind in (("viewer.js", "javascript"), ("viewer.css", "text/css")):
+        # The page's scripts are ES modules: a browser runs one only when served as JavaScript.
+        scripts = sorted(path.name for path in STATIC_DIR.glob("*.js"))
+        assert "viewer.js" in scripts
+        for name, kind in [*((name, "javascript") for name in scripts), ("viewer.css", "text/css")]:
             async with session.get(f"{url}/static/{name}") as resp:
-                assert resp.status == 200 and kind in resp.content_type
+                assert resp.status == 200 and kind in resp.content_type, name
     assert {"clients", "frames_offered", "frames_encoded", "frames_sent", "superseded"} <= stats.keys()
     assert stats["frames_offered"] == 1 and stats["streams"] == ["cam0"]
 
@@ -471,6 +475,70 @@ async def test_page_in_headless_chromium(
     assert pixel[:2] == [W, H]
     assert_colour(pixel[2:5], VEHICLE_ON_BLACK_RGB)
     assert status == "live" and "41.5 ms" in metrics and "0.750" in metrics
+    assert not errors, errors
+
+
+# The grid as the page shows it: panels in order, which is focused, and the grid controls.
+LAYOUT_JS = """() => ({
+  order: [...document.querySelectorAll('#streams > .panel')].map((p) => p.dataset.stream),
+  focus: [...document.querySelectorAll('.panel.focus')].map((p) => p.dataset.stream),
+  buttons: [...document.querySelectorAll('.panel .focus-button')].map((b) => [b.textContent, b.ariaPressed]),
+  hasFocus: document.getElementById('streams').classList.contains('has-focus'),
+  gridButtonHidden: document.getElementById('grid-button').hidden,
+})"""
+
+
+@pytest.mark.asyncio
+async def test_page_focuses_one_stream_and_marks_a_silent_one_stale(
+    viewer: tuple[ViewerHub, CountingExecutor, str], tmp_path: Path
+) -> None:
+    hub, _, url = viewer
+    streams = ["cam1", "cam0"]  # cam1 first: the page sorts them
+
+    async def feed() -> None:
+        seq = 0
+        while True:
+            for stream in streams:
+                hub.offer(stream, *black_vehicle_frame(), {"seq": seq})
+            seq += 1
+            await asyncio.sleep(0.05)
+
+    def panel(stream: str) -> str:
+        return f".panel[data-stream='{stream}']"
+
+    feeder = asyncio.create_task(feed())
+    try:
+        async with chromium_page(tmp_path / "profile") as (page, errors):
+            await page.goto(url)
+            await wait_for_page(page, "() => document.querySelectorAll('.panel[data-frames]').length === 2")
+            grid = await page.evaluate(LAYOUT_JS)
+            await page.click(f"{panel('cam1')} .focus-button")
+            focused = await page.evaluate(LAYOUT_JS)
+            streams.append("a-cam")  # a new stream while one is focused
+            await page.wait_for_selector(panel("a-cam"))
+            arrived = await page.evaluate(LAYOUT_JS)
+            await page.click(f"{panel('cam1')} canvas")  # the focused picture: back to the grid
+            by_canvas = await page.evaluate(LAYOUT_JS)
+            await page.click(f"{panel('cam0')} canvas")
+            await page.keyboard.press("Escape")
+            by_escape = await page.evaluate(LAYOUT_JS)
+            await page.click(f"{panel('a-cam')} .focus-button")
+            await page.click("#grid-button")
+            by_button = await page.evaluate(LAYOUT_JS)
+            streams.remove("cam0")
+            await wait_for_page(page, f"() => document.querySelector(\"{panel('cam0')}\").classList.contains('stale')")
+            badges = {s: await page.text_content(f"{panel(s)} .badge") for s in ("a-cam", "cam0", "cam1")}
+    finally:
+        feeder.cancel()
+    at_grid = {"focus": [], "hasFocus": False, "gridButtonHidden": True}
+    assert grid == {"order": ["cam0", "cam1"], "buttons": [["focus", "false"]] * 2, **at_grid}
+    assert focused == {"order": ["cam0", "cam1"], "focus": ["cam1"], "buttons": [["focus", "false"], ["grid", "true"]],
+                       "hasFocus": True, "gridButtonHidden": False}
+    assert arrived == {**focused, "order": ["a-cam", "cam0", "cam1"],
+                       "buttons": [["focus", "false"], *focused["buttons"]]}
+    for layout in (by_canvas, by_escape, by_button):
+        assert layout == {"order": ["a-cam", "cam0", "cam1"], "buttons": [["focus", "false"]] * 3, **at_grid}
+    assert badges == {"a-cam": "live", "cam0": "stale", "cam1": "live"}
     assert not errors, errors
 
 

@@ -4,7 +4,9 @@
 // share shows it). The pages send it with every request: in the query of the WebSocket (browsers
 // cannot set its headers), as a Bearer header on API calls. Without one, the cookie a ?token= URL
 // set (or a loopback viewer that needs none) lets a page in.
-"use strict";
+//
+// The page's modules are public (the server serves /static/ without a token), so their imports
+// need neither the query nor the cookie.
 
 function takeToken() {
   const url = new URL(location.href);
@@ -22,3 +24,7 @@ function takeToken() {
   }
   return fromUrl || stored;
 }
+
+// Taken once, when the page's first module imports this one: before any of its requests.
+export const token = takeToken();
+export const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
