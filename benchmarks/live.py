@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ class LiveBench:
         self.pipeline: Pipeline | None = None
         self.task: asyncio.Task[dict[str, Any]] | None = None
         self.fault_starts: list[int] = []  # index of the first mask after each fault, in order
+        self.summary: dict[str, Any] = {}  # the pipeline's, once the session ended
 
     def config(self) -> PipelineConfig:
         args = self.args
@@ -171,6 +173,10 @@ class LiveBench:
     @property
     def masks(self) -> list[Mask]:
         return self.recorder.masks
+
+    def observer(self) -> Callable[[Frame, Any, int], None]:
+        """What sees every published mask (``benchmarks.soak`` aggregates instead of keeping them)."""
+        return self.recorder
 
     async def until(self, predicate: Callable[[], Any], timeout_s: float) -> Any:
         """``predicate()``'s first truthy value, polled; None after ``timeout_s``. Raises if the pipeline died."""
@@ -289,8 +295,10 @@ class LiveBench:
 
     # ------------------------------------------------------------------ the run
 
-    async def run(self) -> dict[str, Any]:
-        args = self.args
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Pipeline]:
+        """The camera server and the pipeline running in this loop; on exit the pipeline is stopped
+        (its summary in ``self.summary``) and the server too. Shared with ``benchmarks.soak``."""
         try:
             await asyncio.to_thread(self.server.start)
         except RuntimeError as exc:
@@ -299,24 +307,30 @@ class LiveBench:
         try:
             config = self.config()
             self.pipeline = Pipeline(config, self.backend_factory(config))
-            self.pipeline.observers.append(self.recorder)
+            self.pipeline.observers.append(self.observer())
             self.task = asyncio.create_task(self.pipeline.run())
             try:
-                steady = await self.steady()
-                print("steady", steady, flush=True)
-                restarts = []
-                for _ in range(args.restarts):
-                    restarts.append(await self.restart_once())
-                    print("restart", restarts[-1], flush=True)
-                stalls = []
-                for _ in range(args.stalls):
-                    stalls.append(await self.stall_once())
-                    print("stall", stalls[-1], flush=True)
+                yield self.pipeline
             finally:
                 self.pipeline.stop()
-                summary = await asyncio.wait_for(self.task, 60)
+                self.summary = await asyncio.wait_for(self.task, 60)
         finally:
             await asyncio.to_thread(self.server.stop)
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        async with self.session():
+            steady = await self.steady()
+            print("steady", steady, flush=True)
+            restarts = []
+            for _ in range(args.restarts):
+                restarts.append(await self.restart_once())
+                print("restart", restarts[-1], flush=True)
+            stalls = []
+            for _ in range(args.stalls):
+                stalls.append(await self.stall_once())
+                print("stall", stalls[-1], flush=True)
+        summary = self.summary
         stream = summary["streams"][STREAM]
         # Each fault's aftermath: its masks until the next fault (the last one's, until the end).
         bounds = [*self.fault_starts, len(self.masks)]
@@ -341,10 +355,8 @@ class LiveBench:
         }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=positive_float, default=30.0, help="steady-state measurement (s)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="skipped after the first mask (s)")
+def add_camera_args(parser: argparse.ArgumentParser) -> None:
+    """The camera, model and pipeline options (shared with ``benchmarks.soak``)."""
     parser.add_argument("--fps", type=int, default=25, help="camera frame rate")
     parser.add_argument("--size", type=size_arg, default=(640, 360), metavar="WxH", help="camera frame size")
     parser.add_argument("--model", default="demo")
@@ -355,24 +367,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="publish masks here (default: a free loopback port); off: do not publish")
     parser.add_argument("--max-age-ms", type=positive_float, default=DEFAULT_MAX_AGE_MS)
     parser.add_argument("--stall-ms", type=positive_float, default=LiveOptions.stall_ms)
-    parser.add_argument("--restarts", type=int, default=3, help="server kill/restart repetitions")
     parser.add_argument("--down", type=float, default=2.0, help="seconds the killed server stays down")
-    parser.add_argument("--stalls", type=int, default=2, help="SIGSTOP/SIGCONT repetitions")
     parser.add_argument("--stall-hold", type=float, default=1.0, help="seconds stopped after the stall is reported")
+
+
+def check_camera_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.fps <= 0 or args.down < 0 or args.stall_hold < 0:
+        parser.error("--fps must be positive; --down and --stall-hold not negative")
+    args.zmq = None if args.zmq == "off" else args.zmq
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=positive_float, default=30.0, help="steady-state measurement (s)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="skipped after the first mask (s)")
+    add_camera_args(parser)
+    parser.add_argument("--restarts", type=int, default=3, help="server kill/restart repetitions")
+    parser.add_argument("--stalls", type=int, default=2, help="SIGSTOP/SIGCONT repetitions")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    if args.fps <= 0 or args.restarts < 0 or args.stalls < 0 or args.down < 0 or args.warmup < 0:
-        parser.error("--fps must be positive; --restarts, --stalls, --down and --warmup not negative")
-    args.zmq = None if args.zmq == "off" else args.zmq
+    check_camera_args(parser, args)
+    if args.restarts < 0 or args.stalls < 0 or args.warmup < 0:
+        parser.error("--restarts, --stalls and --warmup must not be negative")
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    # As `roadseg run` does (stream/cli.py), before torch loads OpenMP: spinning OpenMP workers turn
-    # contention for the cores (the camera's decode thread, the server) into long stalls. Without
-    # effect when torch is already loaded (a test session); the results say which.
-    omp_effective = "torch" not in sys.modules
+def quiet_openmp() -> bool:
+    """As `roadseg run` does (stream/cli.py), before torch loads OpenMP: spinning OpenMP workers turn
+    contention for the cores (the camera's decode thread, the server) into long stalls. Without
+    effect when torch is already loaded (a test session): returns whether it applies, for the results."""
+    effective = "torch" not in sys.modules
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return effective
+
+
+def main(argv: list[str] | None = None) -> None:
+    omp_effective = quiet_openmp()
     from benchmarks.report import machine_info, machine_name  # imports torch
 
     args = parse_args(argv)
