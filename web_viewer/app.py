@@ -42,10 +42,20 @@ DEFAULT_PORT = 8080
 HEARTBEAT_S = 5.0
 # The page never sends anything big; a tiny limit keeps a hostile client cheap.
 MAX_CLIENT_MSG_BYTES = 4096
-# Kernel send buffer per viewer socket. Every byte queued there is a frame the
-# viewer will see late, so keep roughly two frames; Linux's autotuning would
-# allow megabytes, i.e. seconds of lag on a slow link.
-WS_SEND_BUFFER_BYTES = 256 * 1024
+# The send queue per viewer socket. Every byte queued ahead of a frame makes it
+# late, and the heartbeat's ping waits behind them too: a 512 KiB kernel buffer
+# (SO_SNDBUF 256 KiB, doubled by Linux) meant 1.9 s of lag at 300 kB/s and a
+# dropped viewer at 150 kB/s (benchmarks.viewer_link). So: at most
+# WS_NOTSENT_LOWAT_BYTES not yet sent in the kernel (what is in flight is the
+# link's business, so fast links keep their throughput), at most
+# WS_TRANSPORT_HIGH_BYTES in asyncio's buffer, and aiohttp waits for that to
+# drain after every frame (its default waits every 64 KiB), so the hub's
+# newest-frame mailbox, not a buffer, absorbs a slow link.
+WS_NOTSENT_LOWAT_BYTES = 16 * 1024
+WS_TRANSPORT_HIGH_BYTES = 16 * 1024
+WS_WRITER_LIMIT_BYTES = 1
+# Where TCP_NOTSENT_LOWAT is missing: bound the whole kernel buffer instead.
+WS_SEND_BUFFER_BYTES = 64 * 1024
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text exposition format
 # /api/telemetry computes percentiles; every open page polls it each second: serve one answer this long.
 TELEMETRY_CACHE_S = 0.5
@@ -270,21 +280,29 @@ class ViewerServer:
         if not _origin_allowed(request):
             raise web.HTTPForbidden(text="cross-origin viewer connections are not allowed")
         # compress=False: JPEG does not deflate, and deflating would burn loop CPU per frame.
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, compress=False, max_msg_size=MAX_CLIENT_MSG_BYTES)
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, compress=False, max_msg_size=MAX_CLIENT_MSG_BYTES,
+                                   writer_limit=WS_WRITER_LIMIT_BYTES)
         await ws.prepare(request)
-        _limit_send_buffer(ws)
+        bound_send_queue(ws, request.transport)
         await self.hub.serve_client(ws, request.transport)
         return ws
 
 
-def _limit_send_buffer(ws: web.WebSocketResponse) -> None:
+def bound_send_queue(ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+    """Keep what waits to be sent to one viewer to about a frame (see ``WS_NOTSENT_LOWAT_BYTES``)."""
     sock: Any = ws.get_extra_info("socket")
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=WS_TRANSPORT_HIGH_BYTES)
     if sock is None:
         return
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER_BYTES)
+        if lowat is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, lowat, WS_NOTSENT_LOWAT_BYTES)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER_BYTES)
     except OSError as exc:  # not fatal: only latency for slow viewers suffers
-        log.debug("viewer: cannot set SO_SNDBUF: %s", exc)
+        log.debug("viewer: cannot bound the send queue: %s", exc)
 
 
 @web.middleware

@@ -18,7 +18,6 @@ encode. Changes are counted (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -156,9 +155,18 @@ class Client:
             if transport is not None and transport.get_write_buffer_size() > 0:
                 transport.abort()
             return
-        with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-            # drain=False: a client that stopped reading would otherwise hold close() forever.
-            await asyncio.wait_for(self.ws.close(code=code, drain=False), CLOSE_TIMEOUT_S)
+        # drain=False: a client that stopped reading would otherwise hold close() forever. In its own
+        # task, judged by asyncio.wait: when our sender was cancelled mid-send, aiohttp's shared drain
+        # future is left cancelled (its _drain_helper awaits it unshielded), and the close frame's
+        # drain then raises CancelledError, which must not read as this task being cancelled.
+        closing = asyncio.ensure_future(self.ws.close(code=code, drain=False))
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+        if not done:
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+        elif closing.cancelled() or closing.exception() is not None:
+            log.debug("viewer: client %d: no clean close: %r", self.client_id,
+                      "cancelled" if closing.cancelled() else closing.exception())
         if transport is not None:
             # A plain close() keeps the socket until its unread backlog drains, which
             # for a stalled client is never; abort frees it now.
