@@ -17,13 +17,12 @@ constructor only compiles: torch.compile keeps its CUDA graphs per thread, so
 thread that will call ``infer`` (the pipeline does: both run on its inference
 thread). Without it the first calls of each size record them instead.
 
-No drivable-road layer (``provides_road`` is False, ``BatchOutput.road`` None): the graphs
-capture the category-only forward even for a model that has a road class. The road layer's
-forward (:meth:`~models.networks.category_head.CategoryFold.forward_native_layers`) indexes the
-road margin's sibling classes with a Python list (:func:`~models.networks.category_head.road_margin`):
-an index tensor built from host data (a synchronous host-to-device copy on CUDA), which stream
-capture is expected to reject; not verified on a GPU. For the road layer on CUDA use
-``--backend torch``.
+The drivable-road layer, for a model that has one, is captured with the categories
+(:meth:`~models.networks.category_head.CategoryFold.forward_native_layers`: the road margin
+indexes its sibling classes with a slice, no host data, so capture can take it) and split by the
+torch backend's postprocessing. Not yet run on a GPU: should that forward fail to capture, the
+backend logs why and captures the category-only forward instead (``provides_road`` False, as
+before), so a GPU user gets masks either way.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from torch import nn
 from models.backends.base import BackendTimings, BatchOutput, check_images
 from models.backends.common import BackendError, Device, Precision, group_by_shape, ms_since
 from models.backends.torch_backend import DTYPES, TorchBackend
+from models.networks.category_head import inference_forward
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,6 @@ class CudaGraphBackend(TorchBackend):
     DEVICES = (Device.AUTO, Device.CUDA)
     OPTIONS = ("batch_sizes", "compile")
     DEVICE_HINT = f"{NEEDS_GPU}; on the CPU use --backend torch"
-    ROAD_LAYER = False  # captures the category-only forward: see the module doc
 
     def _load(self, model: nn.Module, device: Device, precision: Precision, options: dict[str, object]) -> None:
         self.batch_sizes = parse_batch_sizes(options.get("batch_sizes", DEFAULT_BATCH_SIZES))
@@ -112,20 +111,34 @@ class CudaGraphBackend(TorchBackend):
         # (another backend's .to(device), say) cannot pull memory from under a captured graph.
         super()._load(copy.deepcopy(model), Device.CUDA, precision, {})
         self._lock = threading.Lock()
-        self._runner: Callable[[torch.Tensor], torch.Tensor] = self._net_forward
-        if self.compiled:
-            self._runner = torch.compile(self._net_forward, mode="reduce-overhead", dynamic=False)
         self._graphs: dict[int, _Captured] = {}
         start = time.monotonic()
-        with torch.inference_mode():
-            for size in sorted(self.batch_sizes, reverse=True):
-                self._graphs[size] = self._capture(size)
+        try:
+            self._capture_all()
+        except RuntimeError as exc:
+            if not self.provides_road:
+                raise
+            log.warning("torch-cudagraph: the road layer's forward did not capture (%s); "
+                        "capturing the categories only (no road/ messages)", exc)
+            self.provides_road = False
+            self._net_forward = inference_forward(self._model)
+            self._capture_all()
         log.info(
             "torch-cudagraph: %s batch sizes %s ready in %.1f s",
             "compiled" if self.compiled else "captured",
             list(self.batch_sizes),
             time.monotonic() - start,
         )
+
+    def _capture_all(self) -> None:
+        """One graph (or compiled size) per batch size, of the current ``_net_forward``."""
+        self._graphs.clear()
+        self._runner: Callable[[torch.Tensor], torch.Tensor] = self._net_forward
+        if self.compiled:
+            self._runner = torch.compile(self._net_forward, mode="reduce-overhead", dynamic=False)
+        with torch.inference_mode():
+            for size in sorted(self.batch_sizes, reverse=True):
+                self._graphs[size] = self._capture(size)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()

@@ -9,7 +9,8 @@ truth pixels of every ``ignoreInEval`` label (void, parking, rail track, ...) co
 A backend that emits the road layer itself (``provides_road``: the torch backend, and ONNX
 Runtime and OpenVINO from the frames graph's ``road`` output, for a model whose card lists it)
 is scored on its own ``BatchOutput.road``, what ``roadseg run`` publishes; its cost is part of
-the backend's run and of images/s. The others (CUDA graphs, TensorRT) return
+the backend's run and of images/s (the CUDA-graph backend too, when its capture took the road
+layer). The others (TensorRT; CUDA graphs that fell back to the categories) return
 category masks only, so the margin comes from a second pass over the same network:
 :class:`RoadReference` runs :class:`~models.networks.category_head.RoadPreference` through the
 torch backend, with the same input size and, where torch offers them, the same device and

@@ -112,12 +112,24 @@ def _both_signs(margin: torch.Tensor) -> torch.Tensor:
     return torch.cat([-margin, margin], dim=1)
 
 
+def _as_slice(indices: tuple[int, ...]) -> slice | None:
+    """``indices`` as one slice when they are consecutive, else None."""
+    if indices and list(indices) == list(range(indices[0], indices[-1] + 1)):
+        return slice(indices[0], indices[-1] + 1)
+    return None
+
+
+# A slice, not a list: indexing with a Python list builds an index tensor from host data (a
+# synchronous host-to-device copy on CUDA) that CUDA-graph capture rejects; a slice is a view.
+_SIBLINGS: slice | list[int] = _as_slice(ROAD_SIBLINGS) or list(ROAD_SIBLINGS)
+
+
 def road_margin(logits: torch.Tensor) -> torch.Tensor:
     """(B, >=19, H, W) Cityscapes trainId logits -> (B, 1, H, W) fp32 ``logit[road]`` minus the
     best other flat class's (sidewalk): positive where road is the likelier flat class."""
     with torch.autocast(logits.device.type, enabled=False):
         scores = logits.float()
-        return scores[:, ROAD_TRAIN_ID : ROAD_TRAIN_ID + 1] - scores[:, list(ROAD_SIBLINGS)].amax(dim=1, keepdim=True)
+        return scores[:, ROAD_TRAIN_ID : ROAD_TRAIN_ID + 1] - scores[:, _SIBLINGS].amax(dim=1, keepdim=True)
 
 
 def split_layers(layers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
