@@ -50,7 +50,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,31 +401,41 @@ def quiet_openmp() -> bool:
     return effective
 
 
-def main(argv: list[str] | None = None) -> None:
-    omp_effective = quiet_openmp()
-    from benchmarks.report import machine_info, machine_name  # imports torch
+def run_and_save(
+    script: str, args: argparse.Namespace, argv: list[str] | None, settings: dict[str, Any], omp_effective: bool,
+    run: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+) -> tuple[dict[str, Any], Path]:
+    """Run one camera benchmark (``run``) and write its results with the machine, the command line,
+    the camera and ``settings``, to ``--out`` or ``benchmarks/results/<script>-<machine>.json``."""
+    from benchmarks.report import machine_info, machine_name  # imports torch: after quiet_openmp()
 
-    args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     width, height = args.size
     results: dict[str, Any] = {
         "machine": machine_info(), "model": args.model,
-        "command": " ".join(["python -m benchmarks.live", *argv]),
+        "command": " ".join([f"python -m benchmarks.{script}", *argv]),
         "camera": {"server": "tests/rtsp_server.py", "size": f"{width}x{height}", "fps": args.fps,
                    "transport": "tcp"},
-        "settings": {"seconds": args.seconds, "warmup_s": args.warmup, "restarts": args.restarts,
-                     "down_s": args.down, "stalls": args.stalls, "stall_hold_s": args.stall_hold,
-                     "max_age_ms": args.max_age_ms, "stall_ms": args.stall_ms, "zmq": args.zmq is not None,
+        "settings": {**settings, "max_age_ms": args.max_age_ms, "stall_ms": args.stall_ms,
                      "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "omp_policy_applies": omp_effective},
     }
     started, load_before = time.monotonic(), os.getloadavg()
-    results.update(asyncio.run(LiveBench(args).run()))
+    results.update(asyncio.run(run()))
     results["wall_s"] = round(time.monotonic() - started, 1)
     # Other work on the machine shows here: on 2 cores a busy neighbour slows the model many times over.
     results["loadavg_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
-    out = args.out or RESULTS / f"live-{machine_name()}.json"
+    out = args.out or RESULTS / f"{script}-{machine_name()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    return results, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    omp_effective = quiet_openmp()
+    args = parse_args(argv)
+    settings = {"seconds": args.seconds, "warmup_s": args.warmup, "restarts": args.restarts, "down_s": args.down,
+                "stalls": args.stalls, "stall_hold_s": args.stall_hold, "zmq": args.zmq is not None}
+    results, out = run_and_save("live", args, argv, settings, omp_effective, LiveBench(args).run)
     print(markdown(results))
     other = results["steady"]["cpu_cores_used"]["other"]
     if other is not None and other > CONTENDED_CORES:

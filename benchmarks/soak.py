@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -38,12 +36,12 @@ from benchmarks.live import (
     NS_PER_MS,
     NS_PER_S,
     RECOVERY_TIMEOUT_S,
-    RESULTS,
     STREAM,
     LiveBench,
     add_camera_args,
     check_camera_args,
     quiet_openmp,
+    run_and_save,
 )
 from benchmarks.live_report import percentiles
 from benchmarks.soak_report import baseline_index, markdown, resources, settled, summarize, targets
@@ -318,29 +316,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     omp_effective = quiet_openmp()
-    from benchmarks.report import machine_info, machine_name  # imports torch
-
     args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    width, height = args.size
-    results: dict[str, Any] = {
-        "machine": machine_info(), "model": args.model,
-        "command": " ".join(["python -m benchmarks.soak", *argv]),
-        "camera": {"server": "tests/rtsp_server.py", "size": f"{width}x{height}", "fps": args.fps,
-                   "transport": "tcp"},
-        "settings": {"minutes": args.minutes, "window_s": args.window_s, "warmup_windows": args.warmup_windows,
-                     "restart_every_s": args.restart_every, "down_s": args.down, "stall_every_s": args.stall_every,
-                     "stall_hold_s": args.stall_hold, "subscriber": args.subscriber and args.zmq is not None,
-                     "max_age_ms": args.max_age_ms, "stall_ms": args.stall_ms,
-                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "omp_policy_applies": omp_effective},
-    }
-    started, load_before = time.monotonic(), os.getloadavg()
-    results.update(asyncio.run(SoakBench(args).run()))
-    results["wall_s"] = round(time.monotonic() - started, 1)
-    results["loadavg_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
-    out = args.out or RESULTS / f"soak-{machine_name()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    settings = {"minutes": args.minutes, "window_s": args.window_s, "warmup_windows": args.warmup_windows,
+                "restart_every_s": args.restart_every, "down_s": args.down, "stall_every_s": args.stall_every,
+                "stall_hold_s": args.stall_hold, "subscriber": args.subscriber and args.zmq is not None}
+    results, out = run_and_save("soak", args, argv, settings, omp_effective, SoakBench(args).run)
     print(markdown(results))
     print(f"wrote {out}")
     return results
