@@ -6,7 +6,9 @@ time-stamp barcode per frame, roadseg's ``Pipeline`` in this process with an obs
 the session and options are shared with it) for ``--minutes``, with the camera server SIGKILLed
 and restarted on the same port every ``--restart-every`` s, optionally SIGSTOPped for
 ``--stall-hold`` s every ``--stall-every`` s, and a real ZeroMQ subscriber
-(``decision_bridge.subscriber.MaskSubscriber``, in a thread) consuming every mask.
+(``decision_bridge.subscriber.MaskSubscriber``, in a thread) consuming every mask. With
+``--viewer`` the viewer is served too and watched by ``roadseg watch`` in another process (its
+frames counted per window), so the hub's encoding and sending are in the soak.
 
 Per ``--window-s`` window (aggregates only: the soak itself must not grow): RSS and peak RSS from
 ``/proc/self/status``, Python and OS threads, open fds, camera-send -> publish p50/p99/max and
@@ -18,14 +20,17 @@ the end (once abandoned reader threads had up to ``END_SETTLE_S`` to exit) again
 warm-up, and each restart's recovery, checked against targets (``benchmarks.soak_report``).
 
     python -m benchmarks.soak [--minutes 30] [--window-s 60] [--restart-every 300] [--stall-every 0] \\
-        [--subscriber] [--out benchmarks/results/soak-cpu-2core-x86_64.json]
+        [--subscriber] [--viewer] [--out benchmarks/results/soak-cpu-2core-x86_64.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -48,6 +53,7 @@ from benchmarks.soak_report import baseline_index, markdown, resources, settled,
 from benchmarks.stamp import decode_stamp
 from decision_bridge.subscriber import MaskSubscriber
 from models.cli_args import positive_float
+from stream.config import PipelineConfig
 from stream.frame import Frame
 
 FIRST_MASK_TIMEOUT_S = 120.0  # model load + first RTSP open on a cold, slow machine
@@ -59,6 +65,8 @@ FAULT_PHASE_S = 1.0
 FAULT_FINISH_S = RECOVERY_TIMEOUT_S + 30.0  # the last fault's server start and recovery, at most
 SUBSCRIBER_POLL_S = 0.2
 SUBSCRIBER_JOIN_S = 5.0
+# roadseg watch gives up after this long without a frame; longer than a camera restart's gap.
+WATCH_TIMEOUT_S = 60
 
 
 class WindowRecorder:
@@ -125,6 +133,38 @@ class SubscriberThread:
         self._thread.join(SUBSCRIBER_JOIN_S)
 
 
+class ViewerWatcher:
+    """Someone watching the live overlay: ``roadseg watch`` (a WebSocket client of the viewer) in its
+    own process, one telemetry line per frame received, counted here, so the hub encodes and sends
+    every frame as it would to a browser."""
+
+    def __init__(self, port: int) -> None:
+        self.received = 0
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "web_viewer.client", f"http://127.0.0.1:{port}/", "--timeout", str(WATCH_TIMEOUT_S)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._thread = threading.Thread(target=self._count, name="soak-viewer", daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        assert self._proc.stdout is not None
+        for _ in self._proc.stdout:
+            self.received += 1
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def stop(self) -> int | None:
+        """Its exit code: None while it was still watching (stopped here), else why it had left."""
+        code = self._proc.poll()
+        if code is None:
+            self._proc.terminate()
+            self._proc.wait(SUBSCRIBER_JOIN_S)
+        self._thread.join(SUBSCRIBER_JOIN_S)
+        return code
+
+
 class SoakBench(LiveBench):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -135,6 +175,8 @@ class SoakBench(LiveBench):
         self.ongoing: str | None = None  # the fault in progress, if any
         self.window_faults: list[str] = []
         self.subscriber: SubscriberThread | None = None
+        self.watcher: ViewerWatcher | None = None
+        self._watched = 0  # the watcher's count at the last window's close
         self.end: dict[str, Any] = {}
         self.t0_ns = 0
         self.stopping = False  # no new fault once the last window closed
@@ -142,6 +184,10 @@ class SoakBench(LiveBench):
 
     def observer(self) -> WindowRecorder:  # aggregates instead of keeping a list
         return self.window
+
+    def config(self) -> PipelineConfig:
+        config = super().config()
+        return dataclasses.replace(config, viewer=("127.0.0.1", 0)) if self.args.viewer else config
 
     def elapsed_s(self) -> float:
         return (time.monotonic_ns() - self.t0_ns) / NS_PER_S
@@ -219,8 +265,11 @@ class SoakBench(LiveBench):
         window["masks_per_s"] = round(window["masks"] / span_s, 2)
         received = None if self.subscriber is None else self.subscriber.received - self._received
         self._received += received or 0
+        watched = None if self.watcher is None else self.watcher.received - self._watched
+        self._watched += watched or 0
         window.update({
             "subscriber_received": received,
+            "viewer_received": watched,
             "dropped": {cause: n for cause, n in sorted(dropped.items()) if n},
             "reconnects": status["reconnects"], "state": status["state"], "resources": resources()})
         # A fault still in progress belongs to the next window too.
@@ -270,6 +319,8 @@ class SoakBench(LiveBench):
             if self.args.subscriber and pipeline.zmq_address:
                 self.subscriber = SubscriberThread(pipeline.zmq_address, STREAM)
                 self.subscriber.start()
+            if self.args.viewer and pipeline.viewer_port:
+                self.watcher = ViewerWatcher(pipeline.viewer_port)
             self.window.take()  # the soak starts now: the first masks' open-time burst is not in it
             self.t0_ns = time.monotonic_ns()
             try:
@@ -278,6 +329,11 @@ class SoakBench(LiveBench):
             finally:
                 if self.subscriber is not None:
                     self.subscriber.stop()
+                viewer = None
+                if self.watcher is not None:
+                    alive = self.watcher.alive
+                    viewer = {"received": self.watcher.received, "connected_at_end": alive,
+                              "exit_code": self.watcher.stop()}
         stream = self.summary["streams"][STREAM]
         summary = summarize(self.windows, self.restarts, self.stalls, self.args.warmup_windows, self.end)
         assert self.backend is not None
@@ -286,6 +342,7 @@ class SoakBench(LiveBench):
             "summary": summary, "targets": targets(summary),
             "subscriber": None if self.subscriber is None else
             {"received": self.subscriber.received, "rejected": self.subscriber.rejected},
+            "viewer": viewer,
             "backend": {"name": self.backend.name, "device": self.backend.device,
                         "precision": self.backend.precision, "model_id": self.backend.model_id},
             "run_summary": {"published": stream["published"], "frames_in": stream["frames_in"],
@@ -305,6 +362,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stall-every", type=float, default=0.0, help="SIGSTOP/SIGCONT the camera (s); 0: never")
     parser.add_argument("--subscriber", action=argparse.BooleanOptionalAction, default=True,
                         help="a ZeroMQ subscriber (decision_bridge.subscriber) takes every mask")
+    parser.add_argument("--viewer", action=argparse.BooleanOptionalAction, default=False,
+                        help="serve the viewer on a free loopback port, watched by `roadseg watch` in another process")
     parser.add_argument("--out", type=Path)
     parser.set_defaults(stall_hold=3.0)  # a soak's stall: stopped this long in all (live: after detection)
     args = parser.parse_args(argv)
@@ -319,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     settings = {"minutes": args.minutes, "window_s": args.window_s, "warmup_windows": args.warmup_windows,
                 "restart_every_s": args.restart_every, "down_s": args.down, "stall_every_s": args.stall_every,
-                "stall_hold_s": args.stall_hold, "subscriber": args.subscriber and args.zmq is not None}
+                "stall_hold_s": args.stall_hold, "subscriber": args.subscriber and args.zmq is not None,
+                "viewer": args.viewer}
     results, out = run_and_save("soak", args, argv, settings, omp_effective, SoakBench(args).run)
     print(markdown(results))
     print(f"wrote {out}")

@@ -95,8 +95,9 @@ def test_three_restarts_leak_no_threads_or_fds(tmp_path, capsys):
     out = tmp_path / "soak.json"
     # 6 windows of 3 s; the resource baseline is taken at 3 s, restarts at 6.5, 11.5 and 16.5 s (each
     # down 1 s); the last one runs to its recovery, then threads and fds get up to 20 s to come back.
+    # With the viewer served and watched: its hub's threads and sockets are in the count too.
     results = soak.main(["--minutes", "0.3", "--window-s", "3", "--warmup-windows", "1", "--restart-every", "5",
-                         "--down", "1", "--size", "320x192", "--precision", "fp32", "--out", str(out)])
+                         "--down", "1", "--size", "320x192", "--precision", "fp32", "--viewer", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert results["command"].startswith("python -m benchmarks.soak --minutes 0.3")
     assert results["machine"]["versions"]["torch"] and results["backend"]["precision"] == "fp32"
@@ -125,4 +126,8 @@ def test_three_restarts_leak_no_threads_or_fds(tmp_path, capsys):
     # The subscriber really took the masks (it joins after the first masks: a few fewer in all).
     assert results["subscriber"]["received"] > 0 and results["subscriber"]["rejected"] == 0
     assert sum(w["subscriber_received"] for w in windows) <= results["subscriber"]["received"]
+    # The viewer watched throughout: frames reached it and it was still connected at the end.
+    viewer = results["viewer"]
+    assert viewer["received"] > 0 and viewer["connected_at_end"], viewer
+    assert sum(w["viewer_received"] for w in windows) <= viewer["received"]
     assert "| restarts reconnected | 3/3 | all | PASS |" in capsys.readouterr().out
