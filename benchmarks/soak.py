@@ -160,7 +160,11 @@ class ViewerWatcher:
         code = self._proc.poll()
         if code is None:
             self._proc.terminate()
-            self._proc.wait(SUBSCRIBER_JOIN_S)
+            try:
+                self._proc.wait(SUBSCRIBER_JOIN_S)
+            except subprocess.TimeoutExpired:  # a watcher stuck in a read: do not leave it behind
+                self._proc.kill()
+                self._proc.wait()
         self._thread.join(SUBSCRIBER_JOIN_S)
         return code
 

@@ -94,22 +94,24 @@ async def one_link(rate: float, seconds: float) -> dict[str, Any]:
         reader.cancel()
         await server.close()
         await hub.close()
-    return summary(client.frames, offered, start + SETTLE_S, start + seconds, connected)
+    return summary(client.frames, offered, start, start + seconds, connected)
 
 
-def summary(frames: Sequence[tuple[float, int, int | None, int]], offered: dict[int, float], lo: float, hi: float,
-            connected: bool) -> dict[str, Any]:
-    """Lag and rate of the frames received in [lo, hi): (receive time, seq, quality, bytes) each."""
-    chosen = [f for f in frames if lo <= f[0] < hi]
+def summary(frames: Sequence[tuple[float, int, int | None, int]], offered: dict[int, float], start: float,
+            end: float, connected: bool) -> dict[str, Any]:
+    """Lag and rate of the frames received from ``SETTLE_S`` after ``start`` to ``end``: (receive
+    time, seq, quality, bytes) each."""
+    lo = start + SETTLE_S
+    chosen = [f for f in frames if lo <= f[0] < end]
     lags = sorted(f[0] - offered[f[1]] for f in chosen)
 
     def at(q: float) -> float | None:
         return round(lags[min(len(lags) - 1, int(q * len(lags)))], 3) if lags else None
 
-    return {"connected_at_end": connected, "frames": len(chosen), "fps": round(len(chosen) / (hi - lo), 2),
+    return {"connected_at_end": connected, "frames": len(chosen), "fps": round(len(chosen) / (end - lo), 2),
             "lag_p50_s": at(0.5), "lag_p90_s": at(0.9), "lag_max_s": round(lags[-1], 3) if lags else None,
             "kib_per_frame": round(statistics.mean(f[3] for f in chosen) / 1024, 1) if chosen else None,
-            "last_frame_s": round(frames[-1][0] - (lo - SETTLE_S), 2) if frames else None}
+            "last_frame_s": round(frames[-1][0] - start, 2) if frames else None}
 
 
 async def measure(rates: list[float], seconds: float, rounds: int) -> dict[str, Any]:

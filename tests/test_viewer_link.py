@@ -25,8 +25,9 @@ async def test_a_viewer_on_a_slow_link_stays_connected_and_gets_recent_frames() 
 def test_summary_counts_only_the_window_and_measures_lag_from_the_offer() -> None:
     offered = {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}
     frames = [(0.5, 0, 80, 2048), (SETTLE_S + 1.5, 1, 60, 1024), (SETTLE_S + 2.0, 2, 40, 3072)]
-    out = summary(frames, offered, lo=SETTLE_S, hi=SETTLE_S + 4.0, connected=True)
+    out = summary(frames, offered, start=0.0, end=SETTLE_S + 4.0, connected=True)
     assert out["frames"] == 2 and out["fps"] == 0.5
     assert out["lag_p50_s"] == pytest.approx(SETTLE_S + 0.5)  # lags S + 0.5 and S: the upper median
     assert out["lag_max_s"] == pytest.approx(SETTLE_S + 0.5)
     assert out["kib_per_frame"] == 2.0 and out["connected_at_end"] is True
+    assert out["last_frame_s"] == pytest.approx(SETTLE_S + 2.0)  # from the start, settling included

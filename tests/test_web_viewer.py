@@ -324,6 +324,43 @@ async def test_close_is_idempotent_and_leaves_no_tasks(no_leaked_threads: None) 
         hub.start()
 
 
+class _HangingSocket:
+    """A viewer whose close handshake never completes (a stalled peer)."""
+
+    closed = False
+
+    async def close(self, *, code: int, drain: bool) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+
+class _Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["timed_out", "cancelled"])
+async def test_disconnecting_a_stalled_viewer_aborts_its_socket_and_leaves_no_close_running(
+        how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The close frame is waited for up to CLOSE_TIMEOUT_S; after that, or when the disconnect
+    itself is cancelled meanwhile, the socket is aborted and the close is not left running."""
+    monkeypatch.setattr(clients_module, "CLOSE_TIMEOUT_S", 0.2)
+    transport = _Transport()
+    client = clients_module.Client(1, _HangingSocket(), transport)  # type: ignore[arg-type]
+    task = asyncio.create_task(client.close_socket(1001))
+    if how == "cancelled":
+        await asyncio.sleep(0.05)
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)  # the cancelled close finishes on the next turn of the loop
+    assert transport.aborted
+    running = [t for t in asyncio.all_tasks() if "_HangingSocket.close" in getattr(t.get_coro(), "__qualname__", "")]
+    assert not running, running
+
+
 # ---------------------------------------------------------------- server
 
 

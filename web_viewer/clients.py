@@ -160,17 +160,21 @@ class Client:
         # future is left cancelled (its _drain_helper awaits it unshielded), and the close frame's
         # drain then raises CancelledError, which must not read as this task being cancelled.
         closing = asyncio.ensure_future(self.ws.close(code=code, drain=False))
-        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
-        if not done:
+        closing.add_done_callback(self._note_unclean_close)
+        try:
+            await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+        finally:
+            # Timed out, or this task was cancelled: the close frame is not worth waiting for.
             closing.cancel()
-            await asyncio.gather(closing, return_exceptions=True)
-        elif closing.cancelled() or closing.exception() is not None:
+            if transport is not None:
+                # A plain close() keeps the socket until its unread backlog drains, which
+                # for a stalled client is never; abort frees it now.
+                transport.abort()
+
+    def _note_unclean_close(self, closing: asyncio.Future[bool]) -> None:
+        if closing.cancelled() or closing.exception() is not None:
             log.debug("viewer: client %d: no clean close: %r", self.client_id,
                       "cancelled" if closing.cancelled() else closing.exception())
-        if transport is not None:
-            # A plain close() keeps the socket until its unread backlog drains, which
-            # for a stalled client is never; abort frees it now.
-            transport.abort()
 
 
 def nearest(packets: dict[int, bytes], tier: int) -> bytes:
