@@ -1,14 +1,13 @@
 // IoU per class with ground truth, in a panel's telemetry section: this frame's value, the run's so far,
 // and a sparkline of the last HISTORY frames. Rows appear for the classes the stream has measured.
+import { make } from "./dom.js";
 import { isNum } from "./numbers.js";
 import { classes } from "./overlay.js";
 
 const HISTORY = 60; // IoU sparkline: this many frames
 
 export function buildIou() {
-  const el = document.createElement("div");
-  el.className = "iou";
-  el.hidden = true;
+  const el = make("div", "iou", { hidden: true });
   return { el, rows: new Map() };
 }
 
@@ -41,25 +40,15 @@ export function showRunIou(panel, perClass) {
 function iouRow(panel, cls) {
   let row = panel.iou.rows.get(cls.id);
   if (row) return row;
-  const el = document.createElement("div");
-  el.className = "iou-row";
+  const el = make("div", "iou-row");
   el.dataset.classId = String(cls.id);
-  const swatch = document.createElement("span");
-  swatch.className = "swatch";
+  const swatch = make("span", "swatch");
   const [r, g, b] = cls.color;
   swatch.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
-  const name = document.createElement("span");
-  name.className = "iou-name";
-  name.textContent = cls.name;
-  const now = document.createElement("span");
-  now.className = "iou-now";
-  const run = document.createElement("span");
-  run.className = "iou-run";
-  run.title = "IoU over the whole run so far";
-  const spark = document.createElement("canvas");
-  spark.className = "spark";
-  spark.width = 96;
-  spark.height = 18;
+  const name = make("span", "iou-name", { textContent: cls.name });
+  const now = make("span", "iou-now");
+  const run = make("span", "iou-run", { title: "IoU over the whole run so far" });
+  const spark = make("canvas", "spark", { width: 96, height: 18 });
   el.append(swatch, name, now, run, spark);
   // Classes in id order, whatever order they first appear in.
   const after = [...panel.iou.rows.entries()].filter(([id]) => id > cls.id).sort((x, y) => x[0] - y[0])[0];

@@ -1,6 +1,7 @@
 // One stream's panel: its head (name, JPEG quality, state badge, focus button), the canvas the overlay
 // is composed on (with a placeholder saying why there is no picture) and its telemetry section.
 // A panel is made for the first frame or status of a stream and kept for the page's life.
+import { make } from "./dom.js";
 import { addToGrid, toggleFocus } from "./layout.js";
 import { buildTelemetry } from "./telemetry.js";
 
@@ -11,41 +12,27 @@ export function panelFor(streamId) {
 }
 
 function createPanel(streamId) {
-  const el = document.createElement("article");
-  el.className = "panel";
+  const el = make("article", "panel");
   el.dataset.stream = streamId;
   el.dataset.frames = "0";
 
-  const head = document.createElement("div");
-  head.className = "panel-head";
-  const name = document.createElement("span");
-  name.className = "stream-name";
-  name.textContent = streamId;
-  const quality = document.createElement("span");
-  quality.className = "quality";
-  quality.title = "JPEG quality the server sends this page (lower when the link cannot keep up)";
-  const badge = document.createElement("span");
-  badge.className = "badge";
-  badge.textContent = "live";
-  const focusButton = document.createElement("button");
-  focusButton.type = "button";
-  focusButton.className = "focus-button";
-  focusButton.textContent = "focus";
+  const head = make("div", "panel-head");
+  const name = make("span", "stream-name", { textContent: streamId });
+  const quality = make("span", "quality", {
+    title: "JPEG quality the server sends this page (lower when the link cannot keep up)",
+  });
+  const badge = make("span", "badge", { textContent: "live" });
+  const focusButton = make("button", "focus-button", { type: "button", textContent: "focus" });
   focusButton.setAttribute("aria-pressed", "false");
   focusButton.addEventListener("click", () => toggleFocus(streamId));
   head.append(name, quality, badge, focusButton);
 
-  const view = document.createElement("div");
-  view.className = "view";
-  const canvas = document.createElement("canvas");
-  canvas.width = 16; // placeholder 16:9 until the first frame sets the real size
-  canvas.height = 9;
-  canvas.title = "click: focus on this stream / back to the grid";
+  const view = make("div", "view");
+  // width x height: a placeholder 16:9 until the first frame sets the real size
+  const canvas = make("canvas", "", { width: 16, height: 9, title: "click: focus on this stream / back to the grid" });
   canvas.addEventListener("click", () => toggleFocus(streamId));
   // Shown over the canvas while the stream is not live: why there is no picture.
-  const placeholder = document.createElement("p");
-  placeholder.className = "placeholder";
-  placeholder.hidden = true;
+  const placeholder = make("p", "placeholder", { hidden: true });
   view.append(canvas, placeholder);
 
   const { el: telemetry, fields, stages, drops, iou } = buildTelemetry();

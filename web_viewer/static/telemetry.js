@@ -1,6 +1,7 @@
 // A panel's telemetry section: the frame's numbers (seq, latency, fps, ...), one bar per pipeline stage
 // and the IoU rows (iou.js). Per drawn frame from its header, in the task that draws its pixels;
 // the run's percentiles from /api/telemetry (polled).
+import { make } from "./dom.js";
 import { buildIou, showRunIou, updateIou } from "./iou.js";
 import { isNum } from "./numbers.js";
 
@@ -12,29 +13,23 @@ const METRICS = [["seq", "seq"], ["latency", "latency"], ["fps", "fps"], ["miou"
 
 // {el, fields, stages, drops, iou}: the section, and what the updates below write to.
 export function buildTelemetry() {
-  const el = document.createElement("section");
-  el.className = "telemetry";
-  const metrics = document.createElement("dl");
-  metrics.className = "metrics";
+  const el = make("section", "telemetry");
+  const metrics = make("dl", "metrics");
   const fields = {};
   for (const [key, label] of METRICS) fields[key] = addMetric(metrics, label);
   fields.skipped.dd.title = "frames this page received but never drew (a newer one came first)";
   fields.miou.row.hidden = true;
   const stages = buildStages();
-  const drops = document.createElement("p");
-  drops.className = "drops";
+  const drops = make("p", "drops");
   const iou = buildIou();
   el.append(metrics, stages.el, drops, iou.el);
   return { el, fields, stages, drops, iou };
 }
 
 function addMetric(list, label) {
-  const row = document.createElement("div");
-  row.className = `metric metric-${label.toLowerCase()}`;
-  const dt = document.createElement("dt");
-  dt.textContent = label;
-  const dd = document.createElement("dd");
-  dd.textContent = "–";
+  const row = make("div", `metric metric-${label.toLowerCase()}`);
+  const dt = make("dt", "", { textContent: label });
+  const dd = make("dd", "", { textContent: "–" });
   row.append(dt, dd);
   list.append(row);
   return { row, dd };
@@ -42,27 +37,17 @@ function addMetric(list, label) {
 
 // One row per stage: a bar (share of this frame's latency), this frame's ms, and p50/p99 so far.
 function buildStages() {
-  const el = document.createElement("div");
-  el.className = "stages";
+  const el = make("div", "stages");
   const rows = {};
   for (const [key, label] of [...STAGES, [OTHER_STAGE, "other"]]) {
-    const row = document.createElement("div");
-    row.className = "stage";
+    const row = make("div", "stage");
     row.dataset.stage = key;
-    const name = document.createElement("span");
-    name.className = "stage-name";
-    name.textContent = label;
-    const bar = document.createElement("span");
-    bar.className = "stage-bar";
-    const fill = document.createElement("span");
-    fill.className = `stage-fill stage-${key}`;
+    const name = make("span", "stage-name", { textContent: label });
+    const bar = make("span", "stage-bar");
+    const fill = make("span", `stage-fill stage-${key}`);
     bar.append(fill);
-    const ms = document.createElement("span");
-    ms.className = "stage-ms";
-    ms.textContent = "–";
-    const pct = document.createElement("span");
-    pct.className = "stage-pct";
-    pct.title = "p50 / p99 over the stream's recent frames";
+    const ms = make("span", "stage-ms", { textContent: "–" });
+    const pct = make("span", "stage-pct", { title: "p50 / p99 over the stream's recent frames" });
     row.append(name, bar, ms, pct);
     el.append(row);
     rows[key] = { row, fill, ms, pct };
