@@ -29,17 +29,16 @@ def test_a_subscription_flood_is_refused_without_stalling_the_loop_or_growing_me
     # runs grew 135-200 MB after settling), which drowned a 50 MB bound on the whole pipeline.
     out = tmp_path / "flood.json"
     env = {**os.environ, "MALLOC_ARENA_MAX": "2", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "benchmarks.flood", "--rounds", "1", "--out", str(out)], cwd=ROOT, env=env,
+    subprocess.run([sys.executable, "-m", "benchmarks.flood", "--flooded-only", "--out", str(out)], cwd=ROOT, env=env,
                    check=True, timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = json.loads(out.read_text())
-    quiet, flooded = result["quiet"][0], result["flooded"][0]
+    flooded = result["flooded"][0]
     # Subscriptions longer than any topic never reach the publisher: the peer is hung up on by
     # ZeroMQ itself (before, libzmq's subscription trie grew by 1.5 GB for this flood).
     assert flooded["refused"] == 0 and result["flood"]["subscriptions"] == FLOOD
     alone = result["publisher_only"]
     assert alone["refused"] == 0 and alone["rss_growth_mb"] < MAX_FLOOD_GROWTH_MB, result  # peak while flooded
     assert flooded["max_loop_stall_s"] < MAX_STALL_S, result
-    assert quiet["refused"] == 0, result
 
 
 def test_the_subscription_size_limit_leaves_room_for_a_one_letter_stream():
