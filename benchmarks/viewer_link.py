@@ -1,6 +1,7 @@
 """The viewer on slow links: how late frames arrive, and whether the viewer stays connected.
 
-    python -m benchmarks.viewer_link [--rates 600000,300000,150000,60000] [--seconds 20]
+    python -m benchmarks.viewer_link [--rates 600000,300000,150000,60000,30000] [--seconds 20]
+                                     [--arms shipped,full_size]
 
 A hub and a real viewer server on loopback; 960x480 synthetic frames offered at 15 fps; one raw
 WebSocket client (:class:`benchmarks.viewer_stall.RawViewerClient`) whose link carries ``RATE``
@@ -11,10 +12,15 @@ receive time minus the time the frame was offered to the hub (one clock: one pro
 KiB per frame and whether the client was still connected at the end (a pong that waits behind
 queued frames for longer than half the heartbeat drops it).
 
-Two arms per rate, interleaved: ``bounded``, the viewer as it ships (at most ``TCP_NOTSENT_LOWAT``
-unsent bytes in the kernel, a small transport buffer, every send waits for it to drain:
-:func:`web_viewer.app.bound_send_queue`), and ``sndbuf``, the viewer before that change (a 256 KiB
-``SO_SNDBUF``, which Linux doubles, and aiohttp's default 64 KiB writer limit), rebuilt here.
+Arms per rate, interleaved (``--arms``; the first is compared with the second):
+
+* ``shipped``: the viewer as it ships: at most ``TCP_NOTSENT_LOWAT`` unsent bytes in the kernel, a
+  small transport buffer, every send waits for it to drain
+  (:func:`web_viewer.app.bound_send_queue`), and quality tiers ending in a half-width picture;
+* ``full_size``: the same without the half-width tier (quality 40 at full size is the last);
+* ``sndbuf``: the send path before the bounded queue (a 256 KiB ``SO_SNDBUF``, which Linux
+  doubles, and aiohttp's default 64 KiB writer limit), rebuilt here, without the half-width tier.
+
 The ratio of their lags is measured in one run; no test asserts a speed.
 
 Results: ``benchmarks/results/viewer-link-<machine>.json``.
@@ -44,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FRAME_SIZE = (960, 480)  # the hub sends at most 960 wide: the size a viewer gets of any camera
 OFFER_FPS = 15.0
 SETTLE_S = 5.0  # tier changes take a few slow sends: lag is measured after this
-ARMS = ("bounded", "sndbuf")
+ARMS = ("shipped", "full_size", "sndbuf")
+DEFAULT_ARMS = "shipped,full_size"
 OLD_SNDBUF_BYTES = 256 * 1024  # the previous bound (the kernel doubles it: 512 KiB queued)
 OLD_WRITER_LIMIT = 64 * 1024  # aiohttp's default: it waits for a drain only every 64 KiB sent
 
@@ -65,10 +72,10 @@ def previous_buffers() -> Iterator[None]:
         app.bound_send_queue, app.WS_WRITER_LIMIT_BYTES = saved
 
 
-async def one_link(rate: float, seconds: float) -> dict[str, Any]:
+async def one_link(rate: float, seconds: float, *, small_picture: bool = True) -> dict[str, Any]:
     drive = SyntheticDrive(1, *FRAME_SIZE, OFFER_FPS)
     frames = [drive.render(i) for i in range(30)]
-    hub = ViewerHub()
+    hub = ViewerHub(small_picture=small_picture)
     server = ViewerServer(hub, "127.0.0.1", 0)
     port = await server.start()
     client = RawViewerClient(port, rate_bps=rate)
@@ -114,39 +121,48 @@ def summary(frames: Sequence[tuple[float, int, int | None, int]], offered: dict[
             "last_frame_s": round(frames[-1][0] - start, 2) if frames else None}
 
 
-async def measure(rates: list[float], seconds: float, rounds: int) -> dict[str, Any]:
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {str(int(r)): {arm: [] for arm in ARMS} for r in rates}
+async def run_arm(arm: str, rate: float, seconds: float) -> dict[str, Any]:
+    if arm == "sndbuf":
+        with previous_buffers():
+            return await one_link(rate, seconds, small_picture=False)
+    return await one_link(rate, seconds, small_picture=arm == "shipped")
+
+
+async def measure(rates: list[float], seconds: float, rounds: int, arms: Sequence[str]) -> dict[str, Any]:
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {str(int(r)): {arm: [] for arm in arms} for r in rates}
     for round_index in range(rounds):
         for rate in rates:
-            order = ARMS if round_index % 2 == 0 else ARMS[::-1]  # ABBA: drift hits both arms alike
+            order = arms if round_index % 2 == 0 else arms[::-1]  # ABBA: drift hits every arm alike
             for arm in order:
-                if arm == "bounded":
-                    result = await one_link(rate, seconds)
-                else:
-                    with previous_buffers():
-                        result = await one_link(rate, seconds)
+                result = await run_arm(arm, rate, seconds)
                 runs[str(int(rate))][arm].append(result)
                 print(f"rate {rate / 1000:.0f} kB/s {arm}: {json.dumps(result)}", file=sys.stderr)
-    return {rate: {arm: {"runs": arms[arm], **ratio_of(arms)} if arm == "bounded" else {"runs": arms[arm]}
-                   for arm in ARMS} for rate, arms in runs.items()}
+    return {rate: {arm: {"runs": by_arm[arm], **(ratio_of(by_arm, arms) if arm == arms[0] else {})}
+                   for arm in arms} for rate, by_arm in runs.items()}
 
 
-def ratio_of(arms: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Median lag p50 of the bounded arm over the previous one's (None where a side got no frame)."""
-    def median_p50(arm: str) -> float | None:
-        values = [r["lag_p50_s"] for r in arms[arm] if r["lag_p50_s"] is not None]
+def ratio_of(by_arm: dict[str, list[dict[str, Any]]], arms: Sequence[str]) -> dict[str, Any]:
+    """Median lag p50 of the first arm over the second's, and the same for frames/s (None where a
+    side got no frame or there is no second arm)."""
+    def median(arm: str, key: str) -> float | None:
+        values = [r[key] for r in by_arm[arm] if r[key] is not None]
         return statistics.median(values) if values else None
 
-    new, old = median_p50("bounded"), median_p50("sndbuf")
-    return {"lag_p50_ratio_to_previous": round(new / old, 3) if new and old else None}
+    if len(arms) < 2:
+        return {}
+    out = {}
+    for key, name in (("lag_p50_s", "lag_p50_ratio"), ("fps", "fps_ratio")):
+        new, old = median(arms[0], key), median(arms[1], key)
+        out[f"{name}_to_{arms[1]}"] = round(new / old, 3) if new and old else None
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:
     rows = ["| link | send path | connected | frames/s | lag p50 | lag p90 | lag max | KiB/frame |",
             "|---|---|---|---|---|---|---|---|"]
     for rate, arms in results.items():
-        for arm in ARMS:
-            for run in arms[arm]["runs"]:
+        for arm, result in arms.items():
+            for run in result["runs"]:
                 rows.append(f"| {int(rate) // 1000} kB/s | {arm} | {'yes' if run['connected_at_end'] else 'no'} | "
                             f"{run['fps']} | {run['lag_p50_s']} s | {run['lag_p90_s']} s | {run['lag_max_s']} s | "
                             f"{run['kib_per_frame']} |")
@@ -155,7 +171,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="600000,300000,150000,60000", help="link rates, bytes/s, comma-separated")
+    parser.add_argument("--rates", default="600000,300000,150000,60000,30000",
+                        help="link rates, bytes/s, comma-separated")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, from {', '.join(ARMS)}")
     parser.add_argument("--seconds", type=float, default=20.0, help="per run (> SETTLE_S)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per rate and arm")
     parser.add_argument("--out", type=Path, default=None)
@@ -163,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if not rates or any(r <= 0 for r in rates) or args.seconds <= SETTLE_S:
         parser.error(f"--rates must be positive numbers and --seconds more than {SETTLE_S}")
-    results = asyncio.run(measure(rates, args.seconds, args.rounds))
-    out = args.out or ROOT / "benchmarks" / "results" / f"viewer-link-{machine_name()}.json"
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
+        parser.error(f"--arms {args.arms!r}: distinct names from {', '.join(ARMS)}")
+    results = asyncio.run(measure(rates, args.seconds, args.rounds, arms))
+    out = args.out or ROOT / "benchmarks" / "results" / f"viewer-link-{'-'.join(arms)}-{machine_name()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"frame": f"{FRAME_SIZE[0]}x{FRAME_SIZE[1]} synthetic", "offered_fps": OFFER_FPS,
                 "seconds": args.seconds, "settle_s": SETTLE_S, "rounds": args.rounds}

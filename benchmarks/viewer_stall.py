@@ -55,6 +55,7 @@ from stream.config import PipelineConfig
 from stream.sources.base import ReplayMode
 from tests.conftest import shared_dir
 from web_viewer.app import ViewerServer
+from web_viewer.clients import picture_tiers
 from web_viewer.hub import QUALITY_TIERS, ViewerHub
 from web_viewer.render import HEADER_LEN, render_frame
 
@@ -416,10 +417,10 @@ def _cases() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
 def encode(reps: int) -> dict[str, Any]:
     out = {}
     for name, image, mask in _cases():
-        runs = [render_frame("c", i, image, mask, {"seq": i}, max_width=960, qualities=QUALITY_TIERS)
-                for i in range(reps + 3)][3:]
-        jpeg = {str(q): {"ms": round(statistics.median(r.jpeg_ms[q] for r in runs), 3),
-                         "bytes": runs[0].jpeg_bytes[q]} for q in QUALITY_TIERS}
+        pictures = picture_tiers(QUALITY_TIERS, 960, small_picture=True)
+        runs = [render_frame("c", i, image, mask, {"seq": i}, pictures=pictures) for i in range(reps + 3)][3:]
+        jpeg = {p.label(960): {"ms": round(statistics.median(r.jpeg_ms[p] for r in runs), 3),
+                               "bytes": runs[0].jpeg_bytes[p]} for p in pictures}
         mask_ms = statistics.median(r.mask_ms for r in runs)
         best = jpeg[str(QUALITY_TIERS[0])]
         out[name] = {

@@ -27,7 +27,7 @@ from web_viewer import BindError, ViewerError, ViewerHub, ViewerServer, parse_bi
 from web_viewer import clients as clients_module
 from web_viewer.app import STATIC_DIR
 from web_viewer.hub import TASK_PREFIX
-from web_viewer.render import MAX_HEADER_BYTES, render_frame, render_packet
+from web_viewer.render import MAX_HEADER_BYTES, Picture, render_frame, render_packet
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,6 +157,7 @@ async def test_hello_then_frames_in_wire_format(viewer: tuple[ViewerHub, Countin
         assert [c["color"] for c in hello["classes"]] == PALETTE.tolist()
         assert hello["streams"] == ["cam0"]
         assert hello["v"] == 2 and hello["alpha"] == 0.5 and hello["qualities"] == [80, 60, 40]
+        assert hello["tiers"] == ["80", "60", "40", "40@480w"]  # the last: quality 40, half of 960 wide
         header, _ = await receive_frame(ws)
         assert header["seq"] == 1
         info = {"seq": 7, "latency_ms": 12.5, "fps": np.float32(29.5), "miou": float("nan"), "width": 1,
@@ -194,14 +195,19 @@ def test_render_downscales_and_tolerates_mask_resolution_and_bad_ids() -> None:
     assert (ids[:, 480:] == Category.VOID).all()  # id 255 is sent as void
 
 
-def test_render_frame_encodes_the_mask_once_and_a_jpeg_per_quality() -> None:
+def test_render_frame_encodes_the_mask_once_per_size_and_a_jpeg_per_picture() -> None:
     image, mask = noisy_frame(3)
-    rendered = render_frame("c", 1, image, mask, {"seq": 9}, max_width=320, qualities=(80, 40))
-    assert sorted(rendered.packets) == [40, 80] and rendered.mask_bytes > 0 and rendered.mask_ms >= 0
-    assert rendered.jpeg_bytes[40] < rendered.jpeg_bytes[80]
-    low, high = (unpack_frame(rendered.packets[q]) for q in (40, 80))
+    pictures = high_p, low_p, small_p = Picture(80, 320), Picture(40, 320), Picture(40, 160)
+    rendered = render_frame("c", 1, image, mask, {"seq": 9}, pictures=pictures)
+    assert set(rendered.packets) == set(pictures) and rendered.mask_bytes > 0 and rendered.mask_ms >= 0
+    assert rendered.jpeg_bytes[small_p] < rendered.jpeg_bytes[low_p] < rendered.jpeg_bytes[high_p]
+    high, low, small = (unpack_frame(rendered.packets[p]) for p in pictures)
     assert low.mask_png == high.mask_png and low.header["quality"] == 40 and high.header["seq"] == 9
     assert (high.header["width"], high.header["height"]) == (320, 240)
+    assert (small.header["width"], small.header["height"], small.header["quality"]) == (160, 120, 40)
+    (_, _, ids), (_, _, full_ids) = (decode_packet(rendered.packets[p]) for p in (small_p, high_p))
+    assert ids.shape == (120, 160) and np.array_equal(ids, full_ids[::2, ::2])  # nearest: ids never mix
+    assert small.header["seq"] == 9 and [p.label(320) for p in pictures] == ["80", "40", "40@160w"]
 
 
 @pytest.mark.parametrize("damage", ["version", "sizes", "short"])
@@ -631,6 +637,22 @@ async def test_page_shows_why_a_camera_is_down(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- JPEG quality per client
+
+
+def test_tiers_step_down_per_two_slow_sends_and_one_very_slow_send_goes_to_the_last() -> None:
+    period, tiers = 1 / 15, 4
+    stepping = clients_module.Client(1, None, None)  # type: ignore[arg-type]  # no socket needed
+    assert stepping.next_tier(0.2, 0.0, period, False, tiers) is None  # one slow send: not yet
+    assert stepping.next_tier(0.4, 0.2, period, False, tiers) == 1  # the second in a row: one tier down
+    jumping = clients_module.Client(2, None, None)  # type: ignore[arg-type]
+    late = clients_module.TIER_JUMP_S + 0.1  # one frame took this long: the link cannot wait a tier at a time
+    assert jumping.next_tier(late, 0.0, period, False, tiers) == tiers - 1
+    jumping.set_tier(tiers - 1, late)
+    assert jumping.next_tier(2 * late, late, period, False, tiers) is None  # nowhere lower to go
+    assert clients_module.picture_tiers((80, 40), 960, small_picture=True)[-1] == Picture(40, 480)
+    assert clients_module.picture_tiers((80, 40), 960, small_picture=False) == (Picture(80, 960), Picture(40, 960))
+    with pytest.raises(ValueError, match="best first"):
+        clients_module.picture_tiers((40, 80), 960, small_picture=True)
 
 
 async def test_a_slow_link_moves_down_a_quality_tier_and_back_up(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,10 +9,18 @@ between offers, at least ``MIN_FRAME_PERIOD_S``), or a newer frame replaced the 
 waiting in its mailbox meanwhile (aiohttp blocks only when the transport's buffer is
 full, so a backed-up socket shows as one long send every few frames, with
 replacements in between). ``TIER_DOWN_AFTER`` slow sends in a row move the client
-down a tier; ``TIER_UP_AFTER_S`` without a slow send move it back up one. A client
+down a tier (one send over ``TIER_JUMP_S``: straight to the last tier);
+``TIER_UP_AFTER_S`` without a slow send move it back up one. A client
 blocked in a send for ``BLOCKED_SKIP_S`` asks for no tier of its own (it cannot take a
 frame now; it gets the nearest tier encoded), so a stalled viewer never adds an
 encode. Changes are counted (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stats`).
+
+**A smaller picture last.** Below the lowest quality is one more tier: that quality at
+half the width (``SMALL_PICTURE_DIVISOR``; a quarter of the pixels, about a third of the
+bytes). JPEG quality alone bottoms out: a 960-wide frame at quality 40 is still about
+35 KB with its mask, so a 60 kB/s link (a weak cellular uplink from the car) gets under
+two of them a second, each over a second old. The same rules move a client there and
+back, so a link that can take full-size frames in time never sees the small picture.
 """
 
 from __future__ import annotations
@@ -24,12 +32,20 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from web_viewer.render import Picture
+
 log = logging.getLogger(__name__)
 
 # JPEG quality tiers, best first: a client that cannot keep up moves down (see the module docstring).
 QUALITY_TIERS = (80, 60, 40)
+SMALL_PICTURE_DIVISOR = 2  # the last tier's width: the hub's max_width over this
 TIER_DOWN_AFTER = 2  # sends in a row slower than a frame period
 TIER_UP_AFTER_S = 3.0  # this long without a slow send: one tier up
+# One send this long goes straight to the last tier: such a link carries under a frame a second, and
+# stepping down a tier per two sends would take several seconds, with the heartbeat's ping queued
+# behind every frame (at 30 kB/s, two frames at quality 80 outlast the pong window and the viewer was
+# dropped before it ever reached a picture it could take).
+TIER_JUMP_S = 1.0
 # A send is slow when it takes longer than the stream's frame period, but never below this: at 100
 # frames/s a loaded machine's scheduling jitter alone would otherwise demote a healthy client.
 MIN_FRAME_PERIOD_S = 0.05
@@ -54,7 +70,7 @@ class Client:
     blocked_since: float | None = None  # loop time the current send started
     superseded: int = 0
     mailbox_high_water: int = 0
-    tier: int = 0  # index into the hub's qualities: 0 is the best
+    tier: int = 0  # index into the hub's picture tiers: 0 is the best
     tier_since: float = 0.0  # loop time of the last tier change (or of the connect)
     last_slow: float = 0.0  # loop time of the last send slower than a frame period
     slow_sends: int = 0  # in a row
@@ -80,7 +96,7 @@ class Client:
     def stalled_for(self, now: float) -> float:
         return 0.0 if self.blocked_since is None else now - self.blocked_since
 
-    def snapshot(self, qualities: Sequence[int]) -> dict[str, int]:
+    def snapshot(self, tiers: Sequence[Picture]) -> dict[str, int]:
         return {
             "id": self.client_id,
             "sent": self.sent,
@@ -89,7 +105,8 @@ class Client:
             "in_flight": self.in_flight,
             "mailbox_high_water": self.mailbox_high_water,
             "tier": self.tier,
-            "quality": qualities[self.tier],
+            "quality": tiers[self.tier].quality,
+            "max_width": tiers[self.tier].max_width,
             "tier_changes": self.tier_changes,
         }
 
@@ -131,6 +148,8 @@ class Client:
         if lagging or now - started > period_s:
             self.slow_sends += 1
             self.last_slow = now
+            if now - started > TIER_JUMP_S and self.tier < n_tiers - 1:
+                return n_tiers - 1
             if self.slow_sends >= TIER_DOWN_AFTER and self.tier < n_tiers - 1:
                 return self.tier + 1
             return None
@@ -175,6 +194,18 @@ class Client:
         if closing.cancelled() or closing.exception() is not None:
             log.debug("viewer: client %d: no clean close: %r", self.client_id,
                       "cancelled" if closing.cancelled() else closing.exception())
+
+
+def picture_tiers(qualities: Sequence[int], max_width: int, small_picture: bool) -> tuple[Picture, ...]:
+    """The hub's tiers, best first: each quality at ``max_width``, then (``small_picture``) the lowest
+    quality at a ``SMALL_PICTURE_DIVISOR``-th of the width."""
+    if not qualities or any(not 1 <= q <= 100 for q in qualities) or list(qualities) != sorted(set(qualities),
+                                                                                             reverse=True):
+        raise ValueError(f"qualities must be distinct values in 1..100, best first, got {tuple(qualities)}")
+    tiers = tuple(Picture(quality, max_width) for quality in qualities)
+    if small_picture:
+        tiers += (Picture(qualities[-1], max_width // SMALL_PICTURE_DIVISOR),)
+    return tiers
 
 
 def nearest(packets: dict[int, bytes], tier: int) -> bytes:

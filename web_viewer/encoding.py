@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from web_viewer.render import RenderedFrame
+from web_viewer.render import Picture, RenderedFrame
 
 DEFAULT_FRAME_PERIOD_S = 1 / 15  # until a stream's interval between offers is measured
 PERIOD_SMOOTHING = 0.2  # exponential moving average weight of the newest offer interval
@@ -44,26 +44,30 @@ class EncodeCost:
     resize_ms: float = 0.0
     mask_ms: float = 0.0
     mask_bytes: int = 0
-    jpeg: dict[int, list[float]] = field(default_factory=dict)  # quality -> [count, ms, bytes]
+    jpeg: dict[Picture, list[float]] = field(default_factory=dict)  # picture -> [count, ms, bytes]
 
     def add(self, rendered: RenderedFrame) -> None:
         self.frames += 1
         self.resize_ms += rendered.resize_ms
         self.mask_ms += rendered.mask_ms
         self.mask_bytes += rendered.mask_bytes
-        for quality, ms in rendered.jpeg_ms.items():
-            totals = self.jpeg.setdefault(quality, [0, 0.0, 0])
+        for picture, ms in rendered.jpeg_ms.items():
+            totals = self.jpeg.setdefault(picture, [0, 0.0, 0])
             totals[0] += 1
             totals[1] += ms
-            totals[2] += rendered.jpeg_bytes[quality]
+            totals[2] += rendered.jpeg_bytes[picture]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, widest: int) -> dict[str, Any]:
+        """Means per frame; ``jpeg`` by picture label (:meth:`Picture.label`: ``"40"``, ``"40@480w"``),
+        best first."""
         n = max(self.frames, 1)
         return {
             "frames": self.frames,
             "resize_ms": round(self.resize_ms / n, 3),
             "mask_png_ms": round(self.mask_ms / n, 3),
             "mask_png_bytes": round(self.mask_bytes / n),
-            "jpeg": {str(quality): {"frames": int(count), "ms": round(ms / count, 3), "bytes": round(size / count)}
-                     for quality, (count, ms, size) in sorted(self.jpeg.items(), reverse=True)},
+            "jpeg": {picture.label(widest): {"frames": int(count), "ms": round(ms / count, 3),
+                                             "bytes": round(size / count)}
+                     for picture, (count, ms, size) in sorted(self.jpeg.items(), key=lambda item: item[0][::-1],
+                                                              reverse=True)},
         }

@@ -10,9 +10,9 @@ A slow browser must never slow the pipeline, and nothing may grow with time:
   it in an executor (downscale, mask PNG, JPEG; see :mod:`web_viewer.render`),
   never on the loop. Its default executor is private and small, so viewers
   cannot starve the pipeline's own executor work.
-* **JPEG quality per client** (see :mod:`web_viewer.clients`): a frame is encoded once per
-  quality tier some client is on; a client that falls behind moves down a tier, one that
-  keeps up moves back (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stats`).
+* **Picture per client** (see :mod:`web_viewer.clients`): a frame is encoded once per tier
+  (JPEG quality, then a half-width picture) some client is on; a client that falls behind moves
+  down a tier, one that keeps up moves back (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stats`).
 * Each client has a mailbox holding at most one unsent frame per stream (a newer
   frame replaces it: counted in ``superseded``) and its own sender task, so a
   client whose socket is full only ever blocks itself.
@@ -25,12 +25,13 @@ A slow browser must never slow the pipeline, and nothing may grow with time:
 
 Wire protocol on ``/ws`` (version 2): first a text message
 ``{"type": "hello", "v": 2, "classes": [{"id", "name", "color": [r, g, b]}, ...], "streams": [...],
-"alpha": 0.5, "qualities": [80, 60, 40], "mask": "png-grey-ids"}`` (``alpha``: the overlay
-opacity a page starts with), then one binary message per frame: a 4-byte big-endian length N,
-N bytes of UTF-8 JSON ``{"v": 2, "stream", "seq", "width", "height", "quality", "jpeg_bytes",
-"mask_bytes", **telemetry}``, the camera JPEG, then the category ids as a grey PNG of the JPEG's
-size (see :mod:`web_viewer.render` for the exact rules). The frame's telemetry rides in the
-same message as its pixels, so a page that shows both shows them in step.
+"alpha": 0.5, "qualities": [80, 60, 40], "tiers": ["80", "60", "40", "40@480w"], "mask": "png-grey-ids"}``
+(``alpha``: the overlay opacity a page starts with; ``tiers``: the pictures a client may be sent,
+best first, ``"40@480w"`` being quality 40 at most 480 wide), then one binary message per frame:
+a 4-byte big-endian length N, N bytes of UTF-8 JSON ``{"v": 2, "stream", "seq", "width", "height",
+"quality", "jpeg_bytes", "mask_bytes", **telemetry}``, the camera JPEG, then the category ids as a
+grey PNG of the JPEG's size (see :mod:`web_viewer.render`). The frame's telemetry rides in the same
+message as its pixels, so a page that shows both shows them in step.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, web
 
-from web_viewer.clients import BLOCKED_SKIP_S, MIN_FRAME_PERIOD_S, QUALITY_TIERS, Client, nearest
+from web_viewer.clients import BLOCKED_SKIP_S, MIN_FRAME_PERIOD_S, QUALITY_TIERS, Client, nearest, picture_tiers
 from web_viewer.connections import peer_host
 from web_viewer.encoding import DEFAULT_FRAME_PERIOD_S, EncodeCost, Job, StreamSlot
 from web_viewer.render import MASK_FORMAT, PACKET_VERSION, RenderedFrame, class_table, render_frame
@@ -85,16 +86,17 @@ class ViewerHub:
         executor: concurrent.futures.Executor | None = None,
         send_deadline_s: float = SEND_DEADLINE_S,
         qualities: Sequence[int] | None = None,
+        small_picture: bool = True,
     ) -> None:
         """``jpeg_quality``: the best tier (lower default tiers below it are kept); ``qualities``: the
-        tiers themselves, best first (one entry: no adaptation); ``alpha``: the page's initial
-        overlay opacity."""
+        tiers themselves, best first (one entry and no ``small_picture``: no adaptation);
+        ``small_picture``: below the lowest quality, one more tier at that quality and half the width
+        (a quarter of the pixels) for links too slow for any full-size picture; ``alpha``: the page's
+        initial overlay opacity."""
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         tiers = tuple(qualities) if qualities is not None else (
             jpeg_quality, *(q for q in QUALITY_TIERS if q < jpeg_quality))
-        if not tiers or any(not 1 <= q <= 100 for q in tiers) or list(tiers) != sorted(set(tiers), reverse=True):
-            raise ValueError(f"qualities must be distinct values in 1..100, best first, got {tiers}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in 0..1, got {alpha}")
         if max_width < 16:
@@ -103,8 +105,9 @@ class ViewerHub:
             raise ValueError(f"send_deadline_s must be > 0, got {send_deadline_s}")
         self._send_deadline_s = send_deadline_s
         self._qualities = tiers
+        self._max_width = max_width
+        self._tiers = picture_tiers(tiers, max_width, small_picture)
         self._alpha = alpha
-        self._render = functools.partial(render_frame, max_width=max_width)
         self._cost = EncodeCost()
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -211,13 +214,19 @@ class ViewerHub:
             "clients": len(self._clients),
             "streams": sorted(self._streams),
             "qualities": list(self._qualities),
-            "encode": self._cost.summary(),
-            "per_client": [client.snapshot(self._qualities) for client in self._clients.values()],
+            "tiers": self.tier_labels,
+            "encode": self._cost.summary(self._max_width),
+            "per_client": [client.snapshot(self._tiers) for client in self._clients.values()],
         }
 
     @property
     def qualities(self) -> tuple[int, ...]:
         return self._qualities
+
+    @property
+    def tier_labels(self) -> list[str]:
+        """The tiers, best first: ``"80"``, ..., ``"40@480w"`` (the small picture)."""
+        return [picture.label(self._max_width) for picture in self._tiers]
 
     # ---------------------------------------------------------------- encoder
 
@@ -250,9 +259,9 @@ class ViewerHub:
     async def _encode_one(self, stream_id: str, job: Job, tiers: Sequence[int]) -> None:
         seq, image, mask, info = job
         stream = self._streams[stream_id]
-        qualities = [self._qualities[tier] for tier in tiers]
+        pictures = [self._tiers[tier] for tier in tiers]
         try:
-            future = self._executor.submit(self._render, stream_id, seq, image, mask, info, qualities=qualities)
+            future = self._executor.submit(render_frame, stream_id, seq, image, mask, info, pictures=pictures)
             # Tracked until the thread finishes (not just until we stop awaiting), so
             # close() can wait for it; discard runs on the worker thread (set ops are atomic).
             self._in_flight.add(future)
@@ -266,7 +275,7 @@ class ViewerHub:
             return
         self._counts["frames_encoded"] += 1
         self._cost.add(rendered)
-        packets = {tier: rendered.packets[self._qualities[tier]] for tier in tiers}
+        packets = {tier: rendered.packets[self._tiers[tier]] for tier in tiers}
         stream.last_packets = packets
         self._fan_out(stream_id, packets)
 
@@ -317,7 +326,7 @@ class ViewerHub:
     def _hello(self) -> str:
         return json.dumps({"type": "hello", "v": PACKET_VERSION, "classes": class_table(),
                            "streams": sorted(self._streams), "alpha": self._alpha,
-                           "qualities": list(self._qualities), "mask": MASK_FORMAT})
+                           "qualities": list(self._qualities), "tiers": self.tier_labels, "mask": MASK_FORMAT})
 
     def _make_room(self, peer: str) -> bool:
         """Whether a new viewer from ``peer`` may connect, after evicting whom it displaces."""
@@ -375,11 +384,11 @@ class ViewerHub:
         now = asyncio.get_running_loop().time()
         stream = self._streams.get(stream_id)
         period = max(stream.period_s if stream is not None else DEFAULT_FRAME_PERIOD_S, MIN_FRAME_PERIOD_S)
-        tier = client.next_tier(now, started, period, lagging, len(self._qualities))
+        tier = client.next_tier(now, started, period, lagging, len(self._tiers))
         if tier is None:
             return
-        log.debug("viewer: client %d: JPEG quality %d -> %d", client.client_id, self._qualities[client.tier],
-                  self._qualities[tier])
+        labels = self.tier_labels
+        log.debug("viewer: client %d: picture %s -> %s", client.client_id, labels[client.tier], labels[tier])
         counter = "tier_down" if tier > client.tier else "tier_up"
         client.set_tier(tier, now)
         self._counts[counter] += 1

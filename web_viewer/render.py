@@ -189,16 +189,30 @@ def make_header(stream_id: str, seq: int, width: int, height: int, info: dict[st
     return header
 
 
+class Picture(NamedTuple):
+    """One picture tier on the wire: the camera JPEG at ``quality``, at most ``max_width`` wide (the
+    mask PNG at the same size)."""
+
+    quality: int
+    max_width: int
+
+    def label(self, widest: int) -> str:
+        """``"40"`` at the widest size, ``"40@480w"`` for a narrower picture (stats keys)."""
+        return str(self.quality) if self.max_width >= widest else f"{self.quality}@{self.max_width}w"
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedFrame:
-    """One frame encoded for the wire at one or more JPEG qualities, with what each step cost."""
+    """One frame encoded for the wire as one or more pictures, with what each step cost."""
 
-    packets: dict[int, bytes]  # JPEG quality -> the whole message
-    resize_ms: float  # image and mask to the output size
-    mask_ms: float  # the mask PNG
+    packets: dict[Picture, bytes]  # the whole message per picture
+    resize_ms: float  # image and mask to the widest picture's size
+    mask_ms: float  # that size's mask PNG
     mask_bytes: int
-    jpeg_ms: dict[int, float]  # by quality
-    jpeg_bytes: dict[int, int]
+    # Per picture: its JPEG; a picture narrower than the widest also counts its own resize and
+    # mask PNG here (ms and bytes), so its entry says what it alone costs.
+    jpeg_ms: dict[Picture, float]
+    jpeg_bytes: dict[Picture, int]
 
 
 def wire_images(image: np.ndarray, mask: np.ndarray, max_width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +223,17 @@ def wire_images(image: np.ndarray, mask: np.ndarray, max_width: int) -> tuple[np
     return image, mask
 
 
+class _Sized(NamedTuple):
+    rgb: np.ndarray
+    png: bytes
+    header: dict[str, Any]
+
+
+def _sized(stream_id: str, seq: int, rgb: np.ndarray, ids: np.ndarray, info: dict[str, Any]) -> _Sized:
+    png = encode_mask_png(np.ascontiguousarray(ids), palette=False, level=VIEWER_MASK_PNG_LEVEL)
+    return _Sized(rgb, png, make_header(stream_id, seq, rgb.shape[1], rgb.shape[0], info))
+
+
 def render_frame(
     stream_id: str,
     seq: int,
@@ -216,30 +241,35 @@ def render_frame(
     mask: np.ndarray,
     info: dict[str, Any],
     *,
-    max_width: int,
-    qualities: Sequence[int],
+    pictures: Sequence[Picture],
 ) -> RenderedFrame:
-    """The whole executor job for one frame: downscale, mask PNG once, a JPEG per quality, headers."""
-    if not qualities:
-        raise ValueError("render_frame needs at least one JPEG quality")
+    """The whole executor job for one frame: downscale to the widest picture, its mask PNG once, a
+    JPEG per picture; a narrower picture is downscaled from the widest (mask PNG once per width)."""
+    if not pictures:
+        raise ValueError("render_frame needs at least one picture")
+    widest = max(picture.max_width for picture in pictures)
     start = time.perf_counter()
-    rgb, ids = wire_images(image, mask, max_width)
+    rgb, ids = wire_images(image, mask, widest)
     resized = time.perf_counter()
-    png = encode_mask_png(np.ascontiguousarray(ids), palette=False, level=VIEWER_MASK_PNG_LEVEL)
+    full = _sized(stream_id, seq, rgb, ids, info)
     masked = time.perf_counter()
-    height, width = rgb.shape[:2]
-    header = make_header(stream_id, seq, width, height, info)
-    packets: dict[int, bytes] = {}
-    jpeg_ms: dict[int, float] = {}
-    jpeg_bytes: dict[int, int] = {}
-    for quality in qualities:
+    by_width: dict[int, _Sized] = {}
+    packets: dict[Picture, bytes] = {}
+    jpeg_ms: dict[Picture, float] = {}
+    jpeg_bytes: dict[Picture, int] = {}
+    for picture in pictures:
         before = time.perf_counter()
-        jpeg = encode_jpeg(rgb, quality)
-        jpeg_ms[quality] = (time.perf_counter() - before) * 1000.0
-        jpeg_bytes[quality] = len(jpeg)
-        packets[quality] = pack_frame(header, jpeg, png, quality=quality)
-    return RenderedFrame(packets, (resized - start) * 1000.0, (masked - resized) * 1000.0, len(png), jpeg_ms,
-                         jpeg_bytes)
+        own = full
+        if rgb.shape[1] > picture.max_width:
+            if picture.max_width not in by_width:
+                by_width[picture.max_width] = _sized(stream_id, seq, *_resized(rgb, ids, picture.max_width), info)
+            own = by_width[picture.max_width]
+        jpeg = encode_jpeg(own.rgb, picture.quality)
+        jpeg_ms[picture] = (time.perf_counter() - before) * 1000.0
+        jpeg_bytes[picture] = len(jpeg) + (len(own.png) if own is not full else 0)
+        packets[picture] = pack_frame(own.header, jpeg, own.png, quality=picture.quality)
+    return RenderedFrame(packets, (resized - start) * 1000.0, (masked - resized) * 1000.0, len(full.png),
+                         jpeg_ms, jpeg_bytes)
 
 
 def render_packet(
@@ -252,9 +282,9 @@ def render_packet(
     max_width: int,
     jpeg_quality: int,
 ) -> bytes:
-    """One frame message at one JPEG quality (:func:`render_frame` with a single tier)."""
-    rendered = render_frame(stream_id, seq, image, mask, info, max_width=max_width, qualities=(jpeg_quality,))
-    return rendered.packets[jpeg_quality]
+    """One frame message as one picture (:func:`render_frame` with a single tier)."""
+    picture = Picture(jpeg_quality, max_width)
+    return render_frame(stream_id, seq, image, mask, info, pictures=(picture,)).packets[picture]
 
 
 def json_safe(value: Any) -> Any:

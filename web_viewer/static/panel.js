@@ -19,7 +19,7 @@ function createPanel(streamId) {
   const head = make("div", "panel-head");
   const name = make("span", "stream-name", { textContent: streamId });
   const quality = make("span", "quality", {
-    title: "JPEG quality the server sends this page (lower when the link cannot keep up)",
+    title: "JPEG quality the server sends this page (lower, then a half-width picture, when the link cannot keep up)",
   });
   const badge = make("span", "badge", { textContent: "live" });
   const focusButton = make("button", "focus-button", { type: "button", textContent: "focus" });
