@@ -36,7 +36,8 @@ from web_viewer.render import Picture
 
 log = logging.getLogger(__name__)
 
-# JPEG quality tiers, best first: a client that cannot keep up moves down (see the module docstring).
+# JPEG quality tiers, best first (then the half-width picture): a client that cannot keep up moves
+# down (see the module docstring).
 QUALITY_TIERS = (80, 60, 40)
 SMALL_PICTURE_DIVISOR = 2  # the last tier's width: the hub's max_width over this
 TIER_DOWN_AFTER = 2  # sends in a row slower than a frame period

@@ -208,7 +208,7 @@ class ViewerHub:
     @property
     def stats(self) -> dict[str, Any]:
         """Counters since creation (JSON-able); ``superseded`` = per-client mailbox drops; ``encode``:
-        mean cost per frame (downscale, mask PNG, JPEG per quality, in ms and bytes)."""
+        mean cost per frame (downscale, mask PNG, JPEG per picture tier, in ms and bytes)."""
         return {
             **self._counts,
             "clients": len(self._clients),
@@ -218,10 +218,6 @@ class ViewerHub:
             "encode": self._cost.summary(self._max_width),
             "per_client": [client.snapshot(self._tiers) for client in self._clients.values()],
         }
-
-    @property
-    def qualities(self) -> tuple[int, ...]:
-        return self._qualities
 
     @property
     def tier_labels(self) -> list[str]:

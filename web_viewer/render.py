@@ -9,7 +9,8 @@ Wire format of one frame message, version 2 (a single binary WebSocket message):
     | N: uint32, BE  | N bytes UTF-8 JSON header | J bytes: JPEG    | M bytes: mask PNG    |
     +----------------+---------------------------+------------------+----------------------+
 
-* The JPEG is the camera image alone (no overlay), at most ``max_width`` wide; the page (or
+* The JPEG is the camera image alone (no overlay), at most its :class:`Picture`'s ``max_width``
+  wide (the hub's tiers: 960, then 480 for slow links); the page (or
   any client) blends the overlay itself, so it can change the opacity and hide classes.
 * The mask is an 8-bit greyscale PNG (colour type 0, no palette, no gamma) of the *same* size
   as the JPEG whose pixel values are the category ids 0-7 (ids outside the categories, e.g.
