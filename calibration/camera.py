@@ -11,7 +11,8 @@ Layout (``version`` 1; all keys required, ``calibration`` and ``ground`` may be 
     {"schema": "roadseg.camera", "version": 1,
      "image_size": [width, height],                      # px, of the images the camera delivers
      "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],          # px, OpenCV convention: pixel centres at integers
-     "distortion": {"model": "plumb_bob" | "rational_polynomial", "coefficients": [k1, k2, p1, p2, k3(, k4, k5, k6)]},
+     "distortion": {"model": "plumb_bob" | "rational_polynomial", "coefficients": [k1, k2, p1, p2, k3(, k4, k5, k6)]}
+                 | {"model": "equidistant", "coefficients": [k1, k2, k3, k4]},   # fisheye (calibration.lens)
      "rectified_K": [[...]],                              # the pinhole camera of the undistorted images
      "calibration": null | {"rms_px", "board", "images": [{"file", "rms_px"}], "rejected": [{"file", "reason"}]},
      "ground": null | {"method": "pose" | "points", "H": 3x3, "H_inv": 3x3, "pose": {...} | null,
@@ -40,8 +41,10 @@ from models.atomic import atomic_path
 
 SCHEMA_NAME = "roadseg.camera"
 SCHEMA_VERSION = 1
-# Distortion models by their ROS sensor_msgs/CameraInfo names, with OpenCV's coefficient counts.
-DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8}
+# Distortion models by their ROS sensor_msgs/CameraInfo names, with their coefficient counts (OpenCV
+# order); what each means and the OpenCV calls for it: calibration.lens.
+DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4}
+FISHEYE = "equidistant"
 MAX_SIDE = 16384
 MAX_FILE_BYTES = 4 * 1024 * 1024  # per-image errors of a few thousand images fit easily
 GROUND_METHODS = ("pose", "points")
@@ -115,8 +118,10 @@ class CameraModel:
 
     @property
     def distorted(self) -> bool:
-        """Whether undistortion changes anything (non-zero coefficients or a different rectified camera)."""
-        return bool(np.any(self.distortion != 0) or not np.array_equal(self.K, self.rectified_K))
+        """Whether undistortion changes anything: non-zero coefficients, a different rectified camera, or a
+        fisheye (its model maps angles, not tangents: it bends lines even with every coefficient zero)."""
+        return bool(self.distortion_model == FISHEYE or np.any(self.distortion != 0)
+                    or not np.array_equal(self.K, self.rectified_K))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from calibration.camera import DISTORTION_MODELS
 from models.cli_args import size_arg
 
 HELP = "calibrate a camera: intrinsics from board images, the ground plane (camera files for --camera)"
@@ -34,9 +35,11 @@ def add_subcommand(subparsers: Any) -> None:
     intrinsics.add_argument("--marker", type=float, metavar="M", help="ChArUco marker side in metres")
     intrinsics.add_argument("--dictionary", default="DICT_4X4_50", help="ChArUco ArUco dictionary (default "
                                                                         "DICT_4X4_50)")
-    intrinsics.add_argument("--model", default="plumb_bob", choices=("plumb_bob", "rational_polynomial"),
+    intrinsics.add_argument("--model", default="plumb_bob", choices=tuple(DISTORTION_MODELS),
                             help="distortion model (ROS names): plumb_bob = k1 k2 p1 p2 k3 (default), "
-                                 "rational_polynomial = 8 coefficients, for wide-angle lenses")
+                                 "rational_polynomial = 8 coefficients, for wide-angle lenses (to about 120 "
+                                 "degrees), equidistant = fisheye k1 k2 k3 k4 (OpenCV cv2.fisheye), for "
+                                 "140-190 degree dashcams")
     intrinsics.add_argument("--rectify-alpha", type=float, metavar="A",
                             help="rectified camera: 0 keeps only valid pixels, 1 keeps every source pixel "
                                  "(OpenCV getOptimalNewCameraMatrix); default: the same K")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from calibration import lens
 from calibration.camera import CameraFileError, CameraModel, GroundPlane, Pose
 
 # Vehicle body axes (x forward, y left, z up) -> camera optical axes (x right, y down, z forward).
@@ -106,8 +107,7 @@ def undistort_points(camera: CameraModel, pixels: np.ndarray) -> np.ndarray:
     points = np.asarray(pixels, dtype=np.float64).reshape(-1, 1, 2)
     if not camera.distorted:
         return points.reshape(-1, 2).copy()
-    out = cv2.undistortPoints(points, camera.K, camera.distortion, None, None, camera.rectified_K,
-                                  (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10))
+    out = lens.undistort_points(points, camera.K, camera.distortion_model, camera.distortion, camera.rectified_K)
     return out.reshape(-1, 2)
 
 

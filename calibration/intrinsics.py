@@ -21,7 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from calibration.camera import DISTORTION_MODELS, CameraModel
+from calibration.camera import DISTORTION_MODELS, FISHEYE, CameraModel
+from calibration.lens import project_points, rectified_camera
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,7 @@ def calibrate(paths: Sequence[Path], board: Board, *, model: str = "plumb_bob", 
             detections.append(found)
     if size is None or len(detections) < MIN_IMAGES:
         raise CalibrationError(_too_few(len(detections), rejected))
-    flags = cv2.CALIB_RATIONAL_MODEL if model == "rational_polynomial" else 0
-    K, dist = _fit(detections, size, flags)
+    K, dist = _fit(detections, size, model)
     limit = max(OUTLIER_FACTOR * float(np.median([d.rms_px for d in detections])), OUTLIER_FLOOR_PX)
     outliers = [d for d in detections if d.rms_px > limit]
     if len(detections) - len(outliers) < MIN_IMAGES:
@@ -189,12 +189,11 @@ def calibrate(paths: Sequence[Path], board: Board, *, model: str = "plumb_bob", 
             rejected.append((d.file, f"reprojection error {d.rms_px:.2f} px, over {limit:.2f} px "
                                       "(blurred, or the board mis-detected)"))
         detections = [d for d in detections if d.rms_px <= limit]
-        K, dist = _fit(detections, size, flags)
+        K, dist = _fit(detections, size, model)
     residuals = np.concatenate([d.residuals for d in detections])
     rms = float(np.sqrt(np.mean(np.sum(residuals**2, axis=1))))
     coefficients = np.asarray(dist, np.float64).ravel()[:DISTORTION_MODELS[model]]
-    rectified = K.copy() if rectify_alpha is None else cv2.getOptimalNewCameraMatrix(
-        K, coefficients, size, rectify_alpha, size)[0]
+    rectified = rectified_camera(K, model, coefficients, size, rectify_alpha)
     info = {"rms_px": rms, "board": board.to_json(), "rectify_alpha": rectify_alpha,
             "images": [{"file": d.file, "rms_px": d.rms_px} for d in detections],
             "rejected": [{"file": f, "reason": r} for f, r in rejected]}
@@ -202,17 +201,32 @@ def calibrate(paths: Sequence[Path], board: Board, *, model: str = "plumb_bob", 
     return Calibration(camera, detections, rejected, outliers)
 
 
-def _fit(detections: list[Detection], size: tuple[int, int], flags: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit(detections: list[Detection], size: tuple[int, int], model: str) -> tuple[np.ndarray, np.ndarray]:
     objects = [d.object_points for d in detections]
     images = [d.image_points for d in detections]
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
-    _rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(objects, images, size, None, None, flags=flags,
-                                                      criteria=criteria)
+    if model == FISHEYE:
+        # cv2.fisheye wants float64 1 x N x 3 / 1 x N x 2 (N x 1 fails); no skew, the pose re-estimated
+        # each iteration.
+        flags = _fisheye_flag("CALIB_RECOMPUTE_EXTRINSIC") | _fisheye_flag("CALIB_FIX_SKEW")
+        _rms, K, dist, rvecs, tvecs = cv2.fisheye.calibrate(
+            [o.reshape(1, -1, 3).astype(np.float64) for o in objects],
+            [i.reshape(1, -1, 2).astype(np.float64) for i in images], size, np.eye(3), np.zeros(4), flags=flags,
+            criteria=criteria)
+    else:
+        flags = cv2.CALIB_RATIONAL_MODEL if model == "rational_polynomial" else 0
+        _rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(objects, images, size, None, None, flags=flags,
+                                                          criteria=criteria)
     for d, rvec, tvec in zip(detections, rvecs, tvecs, strict=True):
-        projected, _ = cv2.projectPoints(d.object_points, rvec, tvec, K, dist)
-        d.residuals = (d.image_points.reshape(-1, 2) - projected.reshape(-1, 2)).astype(np.float64)
+        projected = project_points(d.object_points, rvec, tvec, K, model, dist)
+        d.residuals = (d.image_points.reshape(-1, 2) - projected).astype(np.float64)
         d.rms_px = float(np.sqrt(np.mean(np.sum(d.residuals**2, axis=1))))
     return K, dist
+
+
+def _fisheye_flag(name: str) -> int:
+    """OpenCV 4 has the fisheye flags in cv2.fisheye (their own values); OpenCV 5 has them in cv2."""
+    return int(getattr(cv2.fisheye, name, None) or getattr(cv2, name))
 
 
 def _too_few(found: int, rejected: list[tuple[str, str]]) -> str:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from calibration.camera import CameraModel
+from calibration.lens import rectify_maps
 
 
 class Undistorter(Protocol):
@@ -32,7 +33,7 @@ def undistort_maps(camera: CameraModel, fixed_point: bool = True) -> tuple[np.nd
     """For each rectified pixel, where to sample the raw image: ``CV_16SC2`` fixed-point maps (fast
     ``remap``) or, ``fixed_point=False``, two float maps (x, y)."""
     kind = cv2.CV_16SC2 if fixed_point else cv2.CV_32FC1
-    return cv2.initUndistortRectifyMap(camera.K, camera.distortion, None, camera.rectified_K, camera.size, kind)
+    return rectify_maps(camera.K, camera.distortion_model, camera.distortion, camera.rectified_K, camera.size, kind)
 
 
 class CpuUndistorter:

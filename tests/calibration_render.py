@@ -1,7 +1,7 @@
 """Images of planes through a known camera, for the calibration tests: a textured plane drawn by a
 pinhole camera (the plane's homography, checked against ``cv2.projectPoints``), then the lens
 distortion applied by ``cv2.remap`` (each output pixel samples the pinhole image where the
-undistorted ray of that pixel lands)."""
+undistorted ray of that pixel lands). A four-coefficient ``dist`` is the equidistant (fisheye) model."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from calibration.intrinsics import Board
 SIZE = (480, 360)  # width, height: small, so detection stays fast on a loaded 2-core machine
 TRUE_K = np.array([[420.0, 0.0, 243.7], [0.0, 417.0, 176.2], [0.0, 0.0, 1.0]])
 TRUE_DIST = np.array([-0.28, 0.09, 0.0008, -0.0006, -0.012])  # barrel, like a wide dashcam lens
+TRUE_FISHEYE = np.array([-0.05, 0.01, 0.002, -0.001])  # equidistant k1..k4 (a four-coefficient lens is a fisheye)
 BOARD = Board("checkerboard", 9, 6, 0.025)
 PAD = 96  # the pinhole image extends this far beyond the frame: barrel corners look further out
 SUPERSAMPLE = 4  # the pinhole image is drawn this much finer, then averaged down (no aliasing)
@@ -27,8 +28,11 @@ def _distortion_map(K: np.ndarray, dist: np.ndarray, size: tuple[int, int]) -> t
     """For each pixel of the distorted image, the pinhole image pixel it shows (in the padded canvas)."""
     width, height = size
     grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).reshape(-1, 1, 2).astype(np.float64)
-    pinhole = cv2.undistortPoints(grid, K, dist, None, None, K,
-                                      (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-9))
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-9)
+    if len(dist) == 4:  # equidistant (fisheye): four coefficients
+        pinhole = cv2.fisheye.undistortPoints(grid, K, np.asarray(dist, np.float64), None, None, K, criteria)
+    else:
+        pinhole = cv2.undistortPoints(grid, K, dist, None, None, K, criteria)
     pinhole = pinhole.reshape(height, width, 2) + PAD
     return pinhole[..., 0].astype(np.float32), pinhole[..., 1].astype(np.float32)
 
