@@ -221,9 +221,16 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
     if demo:
         frames = f",frames={args.frames}" if args.frames > 0 else ""
-        return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **common)
+        return PipelineConfig(sources=(f"demo={DEMO_SOURCE}{frames}",), model="demo", **_demo_geometry(), **common)
     return PipelineConfig(sources=tuple(args.source), model=args.model, input_size=args.size,
                           max_frames=args.max_frames, void_masks=tuple(args.void_mask), **_geometry(args), **common)
+
+
+def _demo_geometry() -> dict[str, Any]:
+    """The demo drive's own camera: its frames are already rectified, and the viewer shows the grid."""
+    from stream.geometry import StreamCamera, synthetic_camera
+
+    return {"cameras": (StreamCamera("demo", synthetic_camera(DEMO_SOURCE)),)}
 
 
 def _geometry(args: argparse.Namespace) -> dict[str, Any]:

@@ -46,6 +46,24 @@ class StreamCamera:
     camera: CameraModel
 
 
+def synthetic_camera(spec: str) -> CameraModel:
+    """The camera of a ``synthetic:`` drive, as ``roadseg calibrate`` would write it: K without distortion
+    and the ground plane from its mounting height (so ``roadseg demo`` shows a bird's-eye grid with no
+    file). Frame 0's horizon: the drive's pitch wobble moves it by a pixel or two, as a real car's does,
+    and the road still lands where the renderer put it (road cells within 30 m: IoU 0.95-0.99)."""
+    from calibration.camera import Pose
+    from calibration.ground import ground_from_pose
+    from models.datasets.synthetic_scene import SyntheticDrive
+    from models.datasets.synthetic_spec import parse_synthetic_spec
+
+    params = parse_synthetic_spec(spec)
+    drive = SyntheticDrive(params["seed"], params["width"], params["height"], params["fps"])
+    view = drive.camera(0)
+    K = view.K()
+    camera = CameraModel(drive.width, drive.height, K, "plumb_bob", np.zeros(5), K, source=f"({spec})")
+    return camera.with_ground(ground_from_pose(camera, Pose(view.height_m)))
+
+
 def parse_camera_specs(specs: Sequence[str]) -> tuple[StreamCamera, ...]:
     """``STREAM=FILE`` items -> loaded, checked camera files; errors (ValueError) name the item."""
     paths = per_stream_paths(specs, "--camera", "front=camera.json", CameraFileError)

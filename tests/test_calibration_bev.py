@@ -12,6 +12,7 @@ from calibration.camera import CameraModel, Pose
 from calibration.ground import ground_from_pose
 from models.classes import PALETTE, Category
 from models.datasets.synthetic_scene import SyntheticDrive
+from stream.geometry import synthetic_camera
 
 WITHIN_M = 30.0
 
@@ -46,6 +47,15 @@ def test_bev_road_lies_where_the_renderer_put_it(index):
     assert iou >= 0.9
     near = cells[:, : round(WITHIN_M / BevGrid().cell_m)]
     assert (near == Category.FLAT).mean() > 0.3  # a real share of the grid, not a sliver
+
+
+@pytest.mark.parametrize("index", [0, 400, 800])
+def test_the_demo_camera_places_the_road_on_every_frame(index):
+    """`roadseg demo`'s camera (stream.geometry.synthetic_camera) is fixed at frame 0's horizon; the
+    drive's pitch wobble must not move the road off where the renderer put it."""
+    camera = synthetic_camera("synthetic:seed=7,size=512x256,fps=15")
+    assert camera.ground is not None and not camera.distorted
+    assert _road_iou(SyntheticDrive(7, 512, 256), index, camera)[0] >= 0.9
 
 
 def test_a_wrong_mounting_is_caught():

@@ -15,7 +15,8 @@ import pytest
 from decision_bridge.subscriber import MaskSubscriber
 from models.classes import CLASS_NAMES
 from models.cli_args import positive_float, size_arg
-from stream.cli import PLUGIN_SUBCOMMANDS, build_parser, config_from_args
+from stream.cli import DEMO_SOURCE, PLUGIN_SUBCOMMANDS, build_parser, config_from_args
+from stream.geometry import synthetic_camera
 
 ROADSEG = [sys.executable, "-m", "stream.cli"]
 QUIET = ["--viewer", "off", "--zmq", "tcp://127.0.0.1:0"]
@@ -57,6 +58,8 @@ def test_demo_publishes_messages_that_decode_per_schema():
     assert first.header.stream_id == "demo" and first.header.classes == CLASS_NAMES
     assert first.mask.shape == (256, 512) and first.header.iou is not None
     assert first.header.model_id.startswith("demo")
+    # The demo runs with its drive's own camera: bird's-eye grids on bev/demo, the viewer shows them.
+    assert first.header.camera_hash == synthetic_camera(DEMO_SOURCE).hash
 
 
 def _wait_for_address(proc: subprocess.Popen, timeout_s: float = 60) -> str:
