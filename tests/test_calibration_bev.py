@@ -12,6 +12,8 @@ from calibration.camera import CameraModel, Pose
 from calibration.ground import ground_from_pose
 from models.classes import PALETTE, Category
 from models.datasets.synthetic_scene import SyntheticDrive
+from models.datasets.synthetic_spec import parse_synthetic_spec
+from stream.cli import DEMO_SOURCE
 from stream.geometry import synthetic_camera
 
 WITHIN_M = 30.0
@@ -53,9 +55,11 @@ def test_bev_road_lies_where_the_renderer_put_it(index):
 def test_the_demo_camera_places_the_road_on_every_frame(index):
     """`roadseg demo`'s camera (stream.geometry.synthetic_camera) is fixed at frame 0's horizon; the
     drive's pitch wobble must not move the road off where the renderer put it."""
-    camera = synthetic_camera("synthetic:seed=7,size=512x256,fps=15")
+    camera = synthetic_camera(DEMO_SOURCE)
     assert camera.ground is not None and not camera.distorted
-    assert _road_iou(SyntheticDrive(7, 512, 256), index, camera)[0] >= 0.9
+    drive = parse_synthetic_spec(DEMO_SOURCE)
+    assert _road_iou(SyntheticDrive(drive["seed"], drive["width"], drive["height"], drive["fps"]), index,
+                     camera)[0] >= 0.9
 
 
 def test_a_wrong_mounting_is_caught():

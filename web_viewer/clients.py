@@ -18,7 +18,7 @@ encode. Changes are counted (``tier_down``, ``tier_up`` in :attr:`ViewerHub.stat
 **A smaller picture last.** Below the lowest quality is one more tier: that quality at
 half the width (``SMALL_PICTURE_DIVISOR``; a quarter of the pixels, about a third of the
 bytes). JPEG quality alone bottoms out: a 960-wide frame at quality 40 is still about
-35 KB with its mask, so a 60 kB/s link (a weak cellular uplink from the car) gets under
+39 KiB with its mask, so a 60 kB/s link (a weak cellular uplink from the car) gets under
 two of them a second, each over a second old. The same rules move a client there and
 back, so a link that can take full-size frames in time sees the small picture only after a
 send stalled for over ``TIER_JUMP_S``, and climbs back a tier per ``TIER_UP_AFTER_S``.

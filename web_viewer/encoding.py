@@ -68,6 +68,6 @@ class EncodeCost:
             "mask_png_bytes": round(self.mask_bytes / n),
             "jpeg": {picture.label(widest): {"frames": int(count), "ms": round(ms / count, 3),
                                              "bytes": round(size / count)}
-                     for picture, (count, ms, size) in sorted(self.jpeg.items(), key=lambda item: item[0][::-1],
-                                                              reverse=True)},
+                     for picture, (count, ms, size) in sorted(
+                         self.jpeg.items(), key=lambda item: (item[0].max_width, item[0].quality), reverse=True)},
         }

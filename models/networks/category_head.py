@@ -112,16 +112,12 @@ def _both_signs(margin: torch.Tensor) -> torch.Tensor:
     return torch.cat([-margin, margin], dim=1)
 
 
-def _as_slice(indices: tuple[int, ...]) -> slice | None:
-    """``indices`` as one slice when they are consecutive, else None."""
-    if indices and list(indices) == list(range(indices[0], indices[-1] + 1)):
-        return slice(indices[0], indices[-1] + 1)
-    return None
-
-
 # A slice, not a list: indexing with a Python list builds an index tensor from host data (a
 # synchronous host-to-device copy on CUDA) that CUDA-graph capture rejects; a slice is a view.
-_SIBLINGS: slice | list[int] = _as_slice(ROAD_SIBLINGS) or list(ROAD_SIBLINGS)
+# The siblings are consecutive trainIds (sidewalk alone), which a slice can express.
+_SIBLINGS = slice(ROAD_SIBLINGS[0], ROAD_SIBLINGS[-1] + 1)
+if tuple(range(_SIBLINGS.start, _SIBLINGS.stop)) != ROAD_SIBLINGS:
+    raise AssertionError(f"road siblings {ROAD_SIBLINGS} are not consecutive trainIds")
 
 
 def road_margin(logits: torch.Tensor) -> torch.Tensor:
