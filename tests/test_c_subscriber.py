@@ -347,9 +347,11 @@ def test_c_subscriber_refuses_hostile_messages_and_keeps_going(c_build):
                                            bytes(24)))
             # a duplicate key: the last one counts (seq 3, not 7), so seq 2 is the gap
             pub.send_multipart(_mask_parts(b'{"seq": 7, ' + json.dumps(_header(seq=3)).encode()[1:]))
-            pub.send_multipart(_report("eos", last_seq=4))
-            # cam2, never heard before: its first mask says the publisher dropped every frame before it
+            # cam2, never heard before: its first mask says the publisher dropped every frame before it.
+            # Before cam's end: the program exits once every stream it has heard of has ended, so a cam2
+            # mask arriving after cam's eos (a later TCP read) would find it gone.
             pub.send_multipart(_mask_parts(_header(stream_id="cam2", seq=2, dropped_before=2), topic=b"mask/cam2"))
+            pub.send_multipart(_report("eos", last_seq=4))
             pub.send_multipart(_report("eos", "cam2", last_seq=2))
             code = c.finish(30)
         finally:
@@ -366,8 +368,8 @@ def test_c_subscriber_refuses_hostile_messages_and_keeps_going(c_build):
     assert events[2] == "gap cam lost=1 before_seq=3 dropped_before=0"
     assert events[3].startswith("mask cam seq=3 ")
     assert events[3].endswith(f"crc32={zlib.crc32(np.arange(24, dtype=np.uint8) % 8):08x}")
-    assert events[4] == "eos cam final_seq=4 reason=ended tail=1 missed=3 gaps=2"
-    assert events[5] == "gap cam2 lost=2 before_seq=2 dropped_before=2"
-    assert events[6].startswith("mask cam2 seq=2 ")
-    assert events[7:] == ["eos cam2 final_seq=2 reason=ended tail=0 missed=2 gaps=1",
+    assert events[4] == "gap cam2 lost=2 before_seq=2 dropped_before=2"
+    assert events[5].startswith("mask cam2 seq=2 ")
+    assert events[6:] == ["eos cam final_seq=4 reason=ended tail=1 missed=3 gaps=2",
+                          "eos cam2 final_seq=2 reason=ended tail=0 missed=2 gaps=1",
                           f"end streams=2 masks=3 rejected={len(bad)}"]
